@@ -1,0 +1,34 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Both create .venv when missing and
+# install torch==2.13.0 first (a CPU build from a local file), so nothing pulls CUDA wheels.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.dpost-installed
+# DeepSpeed JIT-builds its CPU comm op on first use; keep the build in the venv so it happens once.
+export TORCH_EXTENSIONS_DIR := $(CURDIR)/$(VENV)/torch_extensions
+export OMP_NUM_THREADS := 1
+export TOKENIZERS_PARALLELISM := false
+export RAY_DEDUP_LOGS := 0
+
+.PHONY: setup demo test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/dpost run configs/demo.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/sampler.py
+	$(BIN)/python benchmarks/train.py
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,114 @@
+"""`Sampler`: a Ray Serve deployment that decodes with the calculator, batched, and swaps models in place.
+
+Concurrent `generate` calls are grouped by `@serve.batch`; all rows of one batch are decoded with a single
+snapshot of the policy, so every answer carries the exact `model_version` that produced it. A background
+task follows the model registry: a new version is loaded in a thread (off the request path) and swapped in
+by one assignment; if loading fails the old model keeps serving and the error is reported to the registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import ray
+from ray import serve
+
+from services.registry import get_registry
+from trainers.checkpoints import load_policy
+from trainers.decoding import DecodeRequest, decode_all
+
+logger = logging.getLogger("ray.serve")
+POLL_INTERVAL_S = 0.5
+
+
+@dataclass(frozen=True)
+class Policy:
+    version: str
+    checkpoint: str
+    model: Any
+    tokenizer: Any
+
+
+@serve.deployment(name="Sampler")
+class Sampler:
+    def __init__(self, pool: str) -> None:
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("DPOST_REPLICA_THREADS", "1")))
+        self.pool = pool
+        self.replica_id = serve.get_replica_context().replica_id.unique_id
+        self.registry = get_registry()
+        self.policy: Policy | None = None
+        self.error: dict[str, str] | None = None
+        self.max_rows_per_forward = 64
+        current = ray.get(self.registry.current.remote(pool))
+        if current is not None:  # come up on the pool's current version, whenever this replica starts
+            self._load(*current)
+        self._watcher = asyncio.get_event_loop().create_task(self._follow_registry())
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Batch settings from the pool config (Serve's `user_config`; applied in place)."""
+        self._generate_batch.set_max_batch_size(int(user_config.get("max_batch_size", 32)))
+        self._generate_batch.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", 0.02)))
+        self.max_rows_per_forward = int(user_config.get("max_rows_per_forward", 64))
+
+    def _load(self, version: str, checkpoint: str) -> None:
+        try:
+            model, tokenizer = load_policy(checkpoint)
+        except Exception as exc:  # CheckpointError and anything a broken folder throws
+            self.error = {"version": version, "message": str(exc)}
+            logger.warning("replica %s refused %s: %s", self.replica_id, version, exc)
+            return
+        self.policy = Policy(version, checkpoint, model, tokenizer)  # the atomic swap
+        self.error = None
+
+    async def _follow_registry(self) -> None:
+        while True:
+            try:
+                current = await self.registry.current.remote(self.pool)
+                wanted = current is not None and (self.policy is None or current[0] != self.policy.version)
+                if wanted and (self.error is None or self.error["version"] != current[0]):
+                    await asyncio.to_thread(self._load, *current)
+                await self.registry.heartbeat.remote(
+                    self.replica_id, self.pool, self.policy.version if self.policy else None, self.error)
+            except Exception:  # never let the watcher die; the next poll retries
+                logger.exception("registry poll failed")
+            await asyncio.sleep(POLL_INTERVAL_S)
+
+    async def generate(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """Decode a request's rows (DecodeRequest fields). Returns {model_version, outputs: [Decoded dicts]}."""
+        return await self._generate_batch(rows)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.02)
+    async def _generate_batch(self, requests: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        policy = self.policy
+        if policy is None:
+            raise RuntimeError(f"pool {self.pool!r} has no model yet: publish a checkpoint first")
+        flat = [DecodeRequest(**row) for rows in requests for row in rows]
+        decoded = await asyncio.to_thread(decode_all, policy.model, policy.tokenizer, flat,
+                                          self.max_rows_per_forward)
+        out, start = [], 0
+        for rows in requests:
+            chunk = decoded[start:start + len(rows)]
+            start += len(rows)
+            out.append({"model_version": policy.version, "outputs": [asdict(d) for d in chunk]})
+        return out
+
+    def info(self) -> dict[str, Any]:
+        return {"pool": self.pool, "replica_id": self.replica_id,
+                "model_version": self.policy.version if self.policy else None,
+                "checkpoint": self.policy.checkpoint if self.policy else None, "error": self.error}
+
+    def check_health(self) -> None:
+        if self._watcher.done():
+            raise RuntimeError("registry watcher stopped")
+
+    def __del__(self) -> None:
+        try:
+            self.registry.forget.remote(self.replica_id)
+        except Exception:
+            pass

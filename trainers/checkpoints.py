@@ -1,0 +1,55 @@
+"""Load and validate Hugging Face checkpoint folders: the one format every stage hands to the next."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from trainers.errors import CheckpointError
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def validate_checkpoint(path: str | os.PathLike[str]) -> Path:
+    """Cheap structural check before anything loads it: a folder with a parseable config, weights and a
+    tokenizer. Raises CheckpointError naming what is missing."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint {folder} is not a folder")
+    try:
+        json.loads((folder / "config.json").read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {folder} has no config.json") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"checkpoint {folder}: config.json is not valid JSON ({exc})") from None
+    if not any((folder / name).is_file() and (folder / name).stat().st_size > 0 for name in WEIGHT_FILES):
+        raise CheckpointError(f"checkpoint {folder} has no weights (expected one of {', '.join(WEIGHT_FILES)})")
+    if not (folder / "tokenizer_config.json").is_file():
+        raise CheckpointError(f"checkpoint {folder} has no tokenizer (tokenizer_config.json)")
+    return folder
+
+
+def load_policy(path: str | os.PathLike[str], device: str = "cpu"):
+    """Load (model, tokenizer) for decoding. Any load failure becomes a CheckpointError, so a bad folder
+    offered for a hot swap is refused with a message instead of crashing a replica."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = validate_checkpoint(path) if not _is_hub_id(path) else path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
+    except Exception as exc:  # a truncated safetensors file raises many different types
+        raise CheckpointError(f"checkpoint {folder} failed to load: {type(exc).__name__}: {exc}") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return model, tokenizer
+
+
+def _is_hub_id(path: str | os.PathLike[str]) -> bool:
+    """`org/name` that is not a local path: loaded from the user's HF cache, never downloaded by us."""
+    text = str(path)
+    return not Path(text).exists() and text.count("/") == 1 and not text.startswith((".", "/"))

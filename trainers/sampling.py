@@ -1,0 +1,67 @@
+"""Turn problems into decode rows and decoded rows into sample records with provenance (DESIGN.md).
+
+The same two functions serve the coordinator (rows go to the Serve rollout pool), evaluation and the
+HTTP solver, so a record means the same thing wherever it was made.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from trainers.answers import answers_match, extract_answer
+from trainers.data import Problem
+from trainers.decoding import Decoded, DecodeRequest
+from trainers.prompting import format_prompt
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample a stage: `n` rationales per question at `temperature` (0 = greedy)."""
+
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 300
+    calculator: bool = True
+    seed: int = 0
+
+
+def row_seed(base_seed: int, question_id: str, sample_index: int) -> int:
+    """A stable per-row seed: the same (seed, question, index) gives the same sample on any replica."""
+    return zlib.crc32(f"{base_seed}:{question_id}:{sample_index}".encode()) & 0x7FFFFFFF
+
+
+def make_requests(problems: Sequence[Problem], params: SamplingParams) -> list[DecodeRequest]:
+    """n rows per problem, problem-major: rows [i*n, (i+1)*n) belong to problems[i]."""
+    return [
+        DecodeRequest(prompt=format_prompt(p.question), temperature=params.temperature, top_p=params.top_p,
+                      max_new_tokens=params.max_new_tokens, calculator=params.calculator,
+                      seed=row_seed(params.seed, p.id, k))
+        for p in problems for k in range(params.n)
+    ]
+
+
+def to_records(problems: Sequence[Problem], params: SamplingParams, decoded: Sequence[Decoded],
+               model_version: str) -> list[dict[str, Any]]:
+    """Label each decoded row against its problem's gold answer and attach provenance."""
+    if len(decoded) != len(problems) * params.n:
+        raise ValueError(f"expected {len(problems) * params.n} decoded rows, got {len(decoded)}")
+    records = []
+    for i, d in enumerate(decoded):
+        problem, k = problems[i // params.n], i % params.n
+        answer = extract_answer(d.text, mode="flexible")
+        strict = extract_answer(d.text, mode="strict")
+        records.append({
+            "question_id": problem.id, "question": problem.question, "prompt": format_prompt(problem.question),
+            "completion": d.text, "answer": answer, "strict_answer": strict, "gold": problem.answer,
+            # training labels need a well-formed `#### N`, so `correct` is the strict match
+            "correct": answers_match(strict, problem.answer),
+            "correct_flexible": answers_match(answer, problem.answer),
+            "model_version": model_version, "sample_index": k,
+            "seed": row_seed(params.seed, problem.id, k), "temperature": params.temperature,
+            "calculator": params.calculator, "calculator_overrides": d.calculator_overrides,
+            "finish_reason": d.finish_reason, "num_tokens": d.num_tokens,
+        })
+    return records

@@ -1,0 +1,218 @@
+"""SFT and DPO as Ray Train jobs: a `TorchTrainer` whose workers each run TRL's trainer under DeepSpeed.
+
+`train_sft(config)` / `train_dpo(config)` validate the config, start `num_workers` Ray Train workers, and
+return the final Hugging Face folder. Inside each worker the steps are the same for both stages:
+load data -> load model -> build the TRL trainer (DeepSpeed ZeRO from the config) -> resume from the last
+Ray Train checkpoint if the worker group was restarted -> train -> save the final model as a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from trainers.stage_config import (DPOStageConfig, SFTStageConfig, TrainStageConfig, deepspeed_config,
+                                   default_extensions_dir)
+
+FINAL_MARKER = "dpost_final.json"
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    metrics: dict[str, Any]
+
+
+def train_sft(config: SFTStageConfig) -> TrainResult:
+    return _fit("sft", config)
+
+
+def train_dpo(config: DPOStageConfig) -> TrainResult:
+    return _fit("dpo", config)
+
+
+def _fit(kind: str, config: TrainStageConfig) -> TrainResult:
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    config.validate()
+    workers = {"CPU": 1} if not config.use_gpu else {"CPU": 1, "GPU": 1}
+    trainer = TorchTrainer(
+        train_loop_per_worker=_worker_loop,
+        train_loop_config={"kind": kind, "config": asdict(config)},
+        scaling_config=ray.train.ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
+                                               resources_per_worker=config.resources_per_worker or workers),
+        run_config=ray.train.RunConfig(
+            name=f"{config.run_name or kind}-{uuid.uuid4().hex[:8]}",
+            storage_path=config.resolved_storage_path(),
+            failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"{kind} training finished without a final checkpoint")
+    out = Path(config.output_dir)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    result.checkpoint.to_directory(str(tmp))
+    if not (tmp / FINAL_MARKER).exists():
+        raise RuntimeError(f"{kind} training's last checkpoint is not a final model: {result.checkpoint}")
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)  # the folder appears complete or not at all
+    metrics = json.loads((out / FINAL_MARKER).read_text())
+    return TrainResult(checkpoint=out, metrics=metrics)
+
+
+# ---------------------------------------------------------------------------------------------- in a worker
+
+def _worker_loop(loop_config: dict[str, Any]) -> None:
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", default_extensions_dir())
+    import torch
+
+    kind = loop_config["kind"]
+    cls = SFTStageConfig if kind == "sft" else DPOStageConfig
+    config = cls(**loop_config["config"])
+    if not config.use_gpu:
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+        if config.zero_stage == 3:
+            import deepspeed  # ZeRO-3 builds the reference model under zero.Init, which needs the group now
+
+            deepspeed.init_distributed(dist_backend="gloo")
+
+    trainer = _build_trainer(kind, config)
+    resumed_from = _train_resuming(trainer)
+    _save_final(trainer, config, resumed_from)
+
+
+def _build_trainer(kind: str, config: TrainStageConfig):
+    from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(config.model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(config.model_path)
+    common = dict(
+        output_dir=tempfile.mkdtemp(prefix=f"dpost-{kind}-"), learning_rate=config.learning_rate,
+        num_train_epochs=config.num_train_epochs, max_steps=config.max_steps,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps, warmup_steps=config.warmup_ratio,  # transformers 5: a float < 1 is a ratio
+        weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
+        lr_scheduler_type=config.lr_scheduler_type, max_length=config.max_length, seed=config.seed,
+        use_cpu=not config.use_gpu,  # without it accelerate sees no device on CPU and assumes world size 1
+        bf16=config.use_gpu, deepspeed=deepspeed_config(config.zero_stage, config.use_gpu)
+        if config.zero_stage > 0 else None,
+        save_strategy="steps", save_steps=config.save_steps, save_total_limit=1, logging_steps=config.logging_steps,
+        report_to="none", disable_tqdm=True, dataloader_num_workers=0,
+    )
+    records = _read_jsonl(config.data_path)
+    if kind == "sft":
+        from trl import SFTConfig, SFTTrainer
+
+        trainer = SFTTrainer(model=model, args=SFTConfig(**common, completion_only_loss=True),
+                             train_dataset=_sft_dataset(records), processing_class=tokenizer)
+    else:
+        from trl import DPOConfig, DPOTrainer
+
+        assert isinstance(config, DPOStageConfig)
+        losses = ["sigmoid"] + (["sft"] if config.sft_loss_weight > 0 else [])
+        weights = [1.0] + ([config.sft_loss_weight] if config.sft_loss_weight > 0 else [])
+        args = DPOConfig(**common, beta=config.beta, loss_type=losses, loss_weights=weights,
+                         precompute_ref_log_probs=config.precompute_ref_log_probs)
+        trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=_dpo_dataset(records),
+                             processing_class=tokenizer)
+    trainer.add_callback(RayTrainReportCallback())
+    trainer.add_callback(_ProgressCallback(kind))
+    return prepare_trainer(trainer)
+
+
+def _train_resuming(trainer) -> int:
+    """Train, starting from the last reported checkpoint when Ray Train restarted the worker group."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        trainer.train()
+        return 0
+    with checkpoint.as_directory() as folder:
+        hf_folder = os.path.join(folder, "checkpoint")
+        step = json.loads(Path(hf_folder, "trainer_state.json").read_text())["global_step"]
+        print(f"[dpost] resuming from checkpoint at step {step}", flush=True)
+        trainer.train(resume_from_checkpoint=hf_folder)
+    return int(step)
+
+
+def _save_final(trainer, config: TrainStageConfig, resumed_from: int) -> None:
+    """Every rank joins save_model (ZeRO-3 gathers shards); rank 0 reports the HF folder as the final checkpoint."""
+    import ray.train
+
+    final = tempfile.mkdtemp(prefix="dpost-final-")
+    trainer.save_model(final)
+    context = ray.train.get_context()
+    if context.get_world_rank() != 0:
+        ray.train.report({"final": 1}, checkpoint=None)
+        return
+    trainer.processing_class.save_pretrained(final)
+    history = trainer.state.log_history
+    metrics = {
+        "global_step": trainer.state.global_step,
+        "resumed_from_step": resumed_from,
+        "num_workers": context.get_world_size(),
+        "log_history": history,
+        "final_loss": next((h["loss"] for h in reversed(history) if "loss" in h), None),
+        "first_loss": next((h["loss"] for h in history if "loss" in h), None),
+        "config": asdict(config),
+    }
+    Path(final, FINAL_MARKER).write_text(json.dumps(metrics, default=str))
+    ray.train.report({"final": 1, "global_step": trainer.state.global_step},
+                     checkpoint=ray.train.Checkpoint.from_directory(final))
+
+
+def _read_jsonl(path: str) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _sft_dataset(records: list[dict[str, Any]]):
+    """prompt/completion records; GSM8K question/answer lines are converted with the shared prompt format."""
+    from datasets import Dataset
+
+    from trainers.prompting import format_completion, format_prompt
+
+    rows = [r if "prompt" in r else {"prompt": format_prompt(r["question"]),
+                                     "completion": format_completion(r["answer"])} for r in records]
+    return Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
+
+
+def _dpo_dataset(records: list[dict[str, Any]]):
+    from datasets import Dataset
+
+    return Dataset.from_list([{"prompt": r["prompt"], "chosen": " " + r["chosen"].strip(),
+                               "rejected": " " + r["rejected"].strip()} for r in records])
+
+
+try:
+    from transformers import TrainerCallback as _TrainerCallback
+except ImportError:  # pragma: no cover
+    _TrainerCallback = object  # type: ignore[assignment,misc]
+
+
+class _ProgressCallback(_TrainerCallback):  # type: ignore[misc,valid-type]
+    """One line per logging step on rank 0; Ray forwards worker stdout to the driver's console."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def on_log(self, args, state, control, logs=None, **kwargs) -> None:
+        if state.is_world_process_zero and logs and "loss" in logs:
+            extra = {k: round(v, 4) for k, v in logs.items()
+                     if k in ("rewards/margins", "rewards/accuracies") and isinstance(v, float)}
+            print(f"[{self.kind}] step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f} "
+                  f"{extra or ''}", flush=True)
