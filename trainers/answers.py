@@ -97,5 +97,8 @@ def answers_match(pred: float | None, gold: float, tol: float = 1e-4) -> bool:
 
 
 def format_answer(value: float) -> str:
-    """`72`, `2.5`, `0.3333`: the same formatter the calculator writes with."""
+    """`72`, `2.5`, `0.3333`: the same formatter the calculator writes with. Magnitudes past the
+    calculator's range (a model can write any digit string) are shown in short scientific form."""
+    if not math.isfinite(value) or abs(value) >= 1e15:
+        return f"{value:.6g}"
     return format_result(value)

@@ -1,0 +1,204 @@
+"""Calibrate the embedded demo: warm-up SFT -> greedy test accuracy (with/without calculator) -> one
+self-training round (sample K, keep correct, dedup, SFT from the base model on labeled + pseudo-labels)
+-> greedy test accuracy.
+
+Single process, no Ray, no DeepSpeed: TRL's `SFTTrainer` with the production arguments (completion-only loss,
+cosine, 3% warm-up, AdamW wd 0.01, clip 1.0). Production trains on 2 data-parallel workers, so `--batch` here
+is the GLOBAL batch (2 x the production per-device batch). Keep it to one thread per the machine's rules:
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/calibrate.py --preset small --steps 400 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from trainers.checkpoints import load_policy  # noqa: E402
+from trainers.data import Problem, load_problems  # noqa: E402
+from trainers.decoding import decode_all  # noqa: E402
+from trainers.dedup import dedup  # noqa: E402
+from trainers.prompting import format_completion, format_prompt  # noqa: E402
+from trainers.sampling import SamplingParams, make_requests, to_records  # noqa: E402
+from trainers.synthetic import SyntheticTaskConfig, build_synthetic_task, corpus_texts  # noqa: E402
+from trainers.tiny_model import PRESETS, build_tiny_model  # noqa: E402
+
+
+class Timer:
+    """Collects wall times of named pieces."""
+
+    def __init__(self) -> None:
+        self.times: dict[str, float] = {}
+
+    def run(self, name: str, fn, *args, **kwargs):
+        start = time.perf_counter()
+        result = fn(*args, **kwargs)
+        self.times[name] = round(time.perf_counter() - start, 1)
+        print(f"[calibrate] {name}: {self.times[name]:.1f} s", flush=True)
+        return result
+
+
+def sft(base: Path, pairs: Sequence[tuple[str, str]], out: Path, steps: int, lr: float, batch: int,
+        seed: int = 0) -> dict[str, Any]:
+    """Train `base` on (question, rationale) pairs with TRL's SFTTrainer; save to `out`; return loss info."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    data = Dataset.from_list([{"prompt": format_prompt(q), "completion": format_completion(r)} for q, r in pairs])
+    args = SFTConfig(
+        output_dir=tempfile.mkdtemp(prefix="calib-sft-"), learning_rate=lr, max_steps=steps,
+        per_device_train_batch_size=batch, warmup_steps=0.03, weight_decay=0.01, max_grad_norm=1.0,
+        lr_scheduler_type="cosine", max_length=512, seed=seed, use_cpu=True, save_strategy="no",
+        logging_steps=max(1, steps // 10), report_to="none", disable_tqdm=True, dataloader_num_workers=0,
+        completion_only_loss=True,
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+    trainer.train()
+    trainer.save_model(str(out))
+    tokenizer.save_pretrained(out)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
+            "examples": len(pairs), "epochs": round(steps * batch / max(1, len(pairs)), 2)}
+
+
+def sample(model_dir: Path, problems: Sequence[Problem], params: SamplingParams,
+           batch_size: int = 64) -> list[dict[str, Any]]:
+    """Decode `params.n` rationales per problem and label them against the gold answers."""
+    model, tokenizer = load_policy(model_dir)
+    decoded = decode_all(model, tokenizer, make_requests(problems, params), batch_size=batch_size)
+    return to_records(problems, params, decoded, model_version=model_dir.name)
+
+
+def accuracy(records: Sequence[dict[str, Any]]) -> float:
+    return 100.0 * sum(r["correct"] for r in records) / max(1, len(records))
+
+
+def pseudo_labels(records: Sequence[dict[str, Any]], threshold: float = 0.7) -> list[tuple[str, str]]:
+    """Correct samples, deduplicated per question by word-set Jaccard (the paper's rule)."""
+    by_question: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        if r["correct"]:
+            by_question.setdefault(r["question"], []).append(r)
+    kept: list[tuple[str, str]] = []
+    for question, rows in by_question.items():
+        texts = [r["completion"] for r in rows]
+        kept.extend((question, texts[i]) for i in dedup(texts, method="jaccard", threshold=threshold))
+    return kept
+
+
+def token_lengths(model_dir: Path, problems: Sequence[Problem]) -> dict[str, float]:
+    """Token counts of the labeled completions (what max_new_tokens must cover)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    lengths = sorted(len(tokenizer.encode(format_completion(p.rationale or ""), add_special_tokens=False)) + 1
+                     for p in problems)
+    return {"mean": round(statistics.mean(lengths), 1), "p95": lengths[int(0.95 * (len(lengths) - 1))],
+            "max": lengths[-1]}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="small", choices=sorted(PRESETS))
+    p.add_argument("--steps", type=int, default=400, help="SFT optimizer steps (warm-up and ST round alike)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch", type=int, default=32, help="global batch = 2 x production per-device batch")
+    p.add_argument("--n-unlabeled", type=int, default=1000, help="unlabeled questions sampled in the ST round")
+    p.add_argument("--k", type=int, default=4, help="samples per unlabeled question (T=0.7)")
+    p.add_argument("--max-new-tokens", type=int, default=0, help="0: 1.3 x the longest labeled rationale")
+    p.add_argument("--n-test", type=int, default=0, help="test questions evaluated (0: the whole split)")
+    p.add_argument("--decode-batch", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-st", action="store_true", help="stop after the warm-up evaluation")
+    p.add_argument("--task", default="{}", help="JSON overrides of SyntheticTaskConfig fields")
+    p.add_argument("--workdir", default="", help="where task/models go (default: a temp dir)")
+    p.add_argument("--json", default="", help="write the results here")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="calib-"))
+    work.mkdir(parents=True, exist_ok=True)
+    overrides = json.loads(args.task)
+    known = {f.name for f in fields(SyntheticTaskConfig)}
+    if set(overrides) - known:
+        raise SystemExit(f"unknown task fields {sorted(set(overrides) - known)}")
+    task = SyntheticTaskConfig(seed=args.seed, **{"n_unlabeled": max(args.n_unlabeled, 1), **overrides})
+    timer = Timer()
+
+    paths = timer.run("build_task", build_synthetic_task, task, work / "task")
+    base = timer.run("build_model", build_tiny_model, work / "base", args.preset, corpus_texts(task, 5000), args.seed)
+    n_params = sum(p.numel() for p in load_policy(base)[0].parameters())
+    labeled = list(load_problems(paths["labeled"]))
+    unlabeled = list(load_problems(paths["unlabeled"]))[: args.n_unlabeled]
+    test = list(load_problems(paths["test"]))
+    test = test[: args.n_test] if args.n_test else test
+    lengths = token_lengths(base, labeled)
+    max_new = args.max_new_tokens or int(1.3 * lengths["max"]) + 1
+    print(f"[calibrate] preset={args.preset} params={n_params:,} labeled={len(labeled)} tokens={lengths} "
+          f"max_new_tokens={max_new}", flush=True)
+
+    greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new)
+    gold = [(p.question, p.rationale or "") for p in labeled]
+    warm = work / "warmup"
+    result: dict[str, Any] = {"args": vars(args), "task": asdict(task), "preset": asdict(PRESETS[args.preset]),
+                              "params": n_params, "labeled_tokens": lengths, "max_new_tokens": max_new}
+    result["warmup_sft"] = timer.run("warmup_sft", sft, base, gold, warm, args.steps, args.lr, args.batch, args.seed)
+    test_calc = timer.run("eval_test_calc", sample, warm, test, greedy, args.decode_batch)
+    test_nocalc = timer.run("eval_test_nocalc", sample, warm, test,
+                            SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new, calculator=False),
+                            args.decode_batch)
+    result["warmup_acc_calc"] = accuracy(test_calc)
+    result["warmup_acc_nocalc"] = accuracy(test_nocalc)
+    result["truncated_greedy"] = sum(r["finish_reason"] == "length" for r in test_calc)
+
+    if not args.skip_st:
+        params = SamplingParams(n=args.k, temperature=0.7, max_new_tokens=max_new, seed=args.seed)
+        records = timer.run("sample_unlabeled", sample, warm, unlabeled, params, args.decode_batch)
+        pseudo = pseudo_labels(records)
+        solved = len({r["question_id"] for r in records if r["correct"]})
+        result["st_sampling"] = {"questions": len(unlabeled), "k": args.k, "correct": sum(r["correct"] for r in records),
+                                 "questions_solved": solved, "pseudo_after_dedup": len(pseudo),
+                                 "truncated": sum(r["finish_reason"] == "length" for r in records)}
+        st = work / "st1"
+        result["st_sft"] = timer.run("st_sft", sft, base, gold + pseudo, st, args.steps, args.lr, args.batch, args.seed)
+        result["st_acc_calc"] = accuracy(timer.run("eval_st_calc", sample, st, test, greedy, args.decode_batch))
+        result["st_gain"] = result["st_acc_calc"] - result["warmup_acc_calc"]
+    result["times_s"] = timer.times
+
+    print("\n| piece | value |\n|---|---|")
+    for key in ("params", "max_new_tokens", "warmup_acc_calc", "warmup_acc_nocalc", "st_acc_calc", "st_gain"):
+        if key in result:
+            value = result[key]
+            print(f"| {key} | {value:.1f} |" if isinstance(value, float) else f"| {key} | {value} |")
+    if "st_sampling" in result:
+        print(f"| st_sampling | {result['st_sampling']} |")
+    for name, seconds in timer.times.items():
+        print(f"| time {name} | {seconds:.1f} s |")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Operate the two sampler pools from a driver or the coordinator: deploy, swap, wait, scale, sample.
+
+`rollout` is a Serve app with no HTTP route (the coordinator samples from it through a handle); `solver` is
+the public app (`SolverAPI` ingress + its own `Sampler` deployment). Separate apps, so redeploying or scaling
+one never touches the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict
+from typing import Any, Callable, Sequence
+
+import ray
+from ray import serve
+
+from services.api import SolverAPI
+from services.config import POOLS, ServingConfig
+from services.registry import get_registry
+from services.sampler import Sampler
+from trainers.checkpoints import validate_checkpoint
+from trainers.decoding import Decoded, DecodeRequest
+from trainers.errors import CheckpointError, ConfigError
+
+
+def build_app(pool: str, config: ServingConfig):
+    sampler = Sampler.options(**config.pool(pool).deployment_options()).bind(pool)
+    if pool == "rollout":
+        return sampler
+    limits = {k: v for k, v in asdict(config).items() if k not in POOLS}
+    return SolverAPI.options(max_ongoing_requests=config.solver.max_ongoing_requests * 4,
+                             max_queued_requests=config.solver.max_queued_requests).bind(sampler, limits)
+
+
+def start_serve(config: ServingConfig) -> None:
+    serve.start(http_options={"host": config.host, "port": config.port})
+
+
+def deploy_pool(pool: str, config: ServingConfig, version: str | None = None, checkpoint: str | None = None,
+                timeout_s: float = 300) -> None:
+    """Publish (version, checkpoint) for the pool, then deploy its app; replicas start on that version."""
+    if version and checkpoint:
+        publish(pool, version, checkpoint)
+    serve.run(build_app(pool, config), name=pool, route_prefix="/" if pool == "solver" else None)
+    if version:
+        wait_for_version(pool, version, timeout_s=timeout_s)
+
+
+def publish(pool: str, version: str, checkpoint: str) -> None:
+    if pool not in POOLS:
+        raise ConfigError(f"unknown pool {pool!r}; choose one of {POOLS}")
+    validate_checkpoint(checkpoint)
+    ray.get(get_registry().publish.remote(pool, version, str(checkpoint)))
+
+
+def swap(pool: str, version: str, checkpoint: str, timeout_s: float = 300) -> None:
+    """Hot-swap a running pool to (version, checkpoint) and wait until every live replica serves it.
+    If replicas refuse the checkpoint, the registry goes back to the previous version and this raises."""
+    publish(pool, version, checkpoint)
+    wait_for_version(pool, version, timeout_s=timeout_s)
+
+
+def wait_for_version(pool: str, version: str, timeout_s: float = 300) -> dict[str, Any]:
+    registry = get_registry()
+    expected = _expected_replicas(pool)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = ray.get(registry.status.remote(pool))
+        replicas = status["replicas"].values()
+        errors = [r["error"] for r in replicas if r["error"] and r["error"]["version"] == version]
+        if errors:
+            ray.get(registry.revert.remote(pool, version))
+            raise CheckpointError(f"pool {pool} refused {version}: {errors[0]['message']}")
+        serving = [r for r in replicas if r["version"] == version]
+        if serving and len(serving) == len(replicas) and len(serving) >= expected():
+            return status
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"pool {pool}: {len(serving)}/{max(len(replicas), expected())} replicas serve "
+                               f"{version} after {timeout_s:.0f}s")
+        time.sleep(0.2)
+
+
+def _expected_replicas(pool: str) -> Callable[[], int]:
+    def running() -> int:
+        try:
+            app = serve.status().applications[pool]
+            return sum(dep.replica_states.get("RUNNING", 0) for name, dep in app.deployments.items()
+                       if name == "Sampler")
+        except KeyError:
+            return 1
+    return running
+
+
+def scale(pool: str, num_replicas: int, config: ServingConfig) -> None:
+    """Change one pool's replica count; new replicas come up on the pool's current version."""
+    if not isinstance(num_replicas, int) or num_replicas < 1:
+        raise ConfigError(f"replicas must be a positive integer, got {num_replicas!r}")
+    config.pool(pool).num_replicas = num_replicas
+    config.pool(pool).autoscaling = None
+    serve.run(build_app(pool, config), name=pool, route_prefix="/" if pool == "solver" else None)
+
+
+def pool_status(pool: str) -> dict[str, Any]:
+    return ray.get(get_registry().status.remote(pool))
+
+
+def sample_rows(rows: Sequence[DecodeRequest], pool: str = "rollout", chunk_rows: int = 40,
+                max_retries: int = 5, on_chunk: Callable[[int, list[Decoded], str], None] | None = None
+                ) -> tuple[list[Decoded], list[str]]:
+    """Decode rows on a pool, `chunk_rows` per request, all chunks in flight at once (Serve batches them).
+    A chunk that fails (a replica died) is sent again; rows keep their seeds, so a retried chunk
+    produces the same samples. Returns (decoded rows in order, model_version per row)."""
+    handle = serve.get_deployment_handle("Sampler", app_name=pool)
+    chunks = [list(rows[i:i + chunk_rows]) for i in range(0, len(rows), chunk_rows)]
+
+    async def one(index: int) -> tuple[list[Decoded], str]:
+        payload = [asdict(r) for r in chunks[index]]
+        for attempt in range(max_retries + 1):
+            try:
+                result = await handle.generate.remote(payload)
+                decoded = [Decoded(**o) for o in result["outputs"]]
+                if on_chunk:
+                    on_chunk(index, decoded, result["model_version"])
+                return decoded, result["model_version"]
+            except Exception:
+                if attempt == max_retries:
+                    raise
+                await asyncio.sleep(min(2.0 ** attempt, 10.0))
+        raise AssertionError("unreachable")
+
+    async def run_all() -> list[tuple[list[Decoded], str]]:
+        return await asyncio.gather(*(one(i) for i in range(len(chunks))))
+
+    results = asyncio.run(run_all()) if not _in_event_loop() else _run_in_thread(run_all)
+    decoded: list[Decoded] = []
+    versions: list[str] = []
+    for rows_out, version in results:
+        decoded.extend(rows_out)
+        versions.extend([version] * len(rows_out))
+    return decoded, versions
+
+
+def _in_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+        return True
+    except RuntimeError:
+        return False
+
+
+def _run_in_thread(factory: Callable[[], Any]) -> Any:
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(factory())).result()
