@@ -18,7 +18,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -64,7 +64,7 @@ def sft(base: Path, pairs: Sequence[tuple[str, str]], out: Path, steps: int, lr:
     args = SFTConfig(
         output_dir=tempfile.mkdtemp(prefix="calib-sft-"), learning_rate=lr, max_steps=steps,
         per_device_train_batch_size=batch, warmup_steps=0.03, weight_decay=0.01, max_grad_norm=1.0,
-        lr_scheduler_type="cosine", max_length=512, seed=seed, use_cpu=True, save_strategy="no",
+        lr_scheduler_type="cosine", max_length=512, seed=seed, use_cpu=True, bf16=False, save_strategy="no",
         logging_steps=max(1, steps // 10), report_to="none", disable_tqdm=True, dataloader_num_workers=0,
         completion_only_loss=True,
     )
@@ -127,6 +127,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-st", action="store_true", help="stop after the warm-up evaluation")
     p.add_argument("--task", default="{}", help="JSON overrides of SyntheticTaskConfig fields")
+    p.add_argument("--shape", default="{}", help="JSON overrides of the preset's ModelPreset fields (probing only)")
     p.add_argument("--workdir", default="", help="where task/models go (default: a temp dir)")
     p.add_argument("--json", default="", help="write the results here")
     return p.parse_args(argv)
@@ -143,6 +144,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if set(overrides) - known:
         raise SystemExit(f"unknown task fields {sorted(set(overrides) - known)}")
     task = SyntheticTaskConfig(seed=args.seed, **{"n_unlabeled": max(args.n_unlabeled, 1), **overrides})
+    shape = json.loads(args.shape)
+    if shape:  # probe another shape under the preset's name; build_tiny_model reads PRESETS
+        PRESETS[args.preset] = replace(PRESETS[args.preset], **shape)
     timer = Timer()
 
     paths = timer.run("build_task", build_synthetic_task, task, work / "task")

@@ -112,12 +112,11 @@ def _build_trainer(kind: str, config: TrainStageConfig):
         save_strategy="steps", save_steps=config.save_steps, save_total_limit=1, logging_steps=config.logging_steps,
         report_to="none", disable_tqdm=True, dataloader_num_workers=0,
     )
-    records = _read_jsonl(config.data_path)
     if kind == "sft":
         from trl import SFTConfig, SFTTrainer
 
         trainer = SFTTrainer(model=model, args=SFTConfig(**common, completion_only_loss=True),
-                             train_dataset=_sft_dataset(records), processing_class=tokenizer)
+                             train_dataset=_sft_dataset(_read_jsonl(config.data_path)), processing_class=tokenizer)
     else:
         from trl import DPOConfig, DPOTrainer
 
@@ -126,8 +125,8 @@ def _build_trainer(kind: str, config: TrainStageConfig):
         weights = [1.0] + ([config.sft_loss_weight] if config.sft_loss_weight > 0 else [])
         args = DPOConfig(**common, beta=config.beta, loss_type=losses, loss_weights=weights,
                          precompute_ref_log_probs=config.precompute_ref_log_probs)
-        trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=_dpo_dataset(records),
-                             processing_class=tokenizer)
+        trainer = DPOTrainer(model=model, ref_model=None, args=args,
+                             train_dataset=_dpo_dataset(config.data_path), processing_class=tokenizer)
     trainer.add_callback(RayTrainReportCallback())
     trainer.add_callback(_ProgressCallback(kind))
     return prepare_trainer(trainer)
@@ -191,11 +190,14 @@ def _sft_dataset(records: list[dict[str, Any]]):
     return Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
 
 
-def _dpo_dataset(records: list[dict[str, Any]]):
+def _dpo_dataset(path: str):
+    """File-backed, with its cache beside the data: TRL caches reference log-probs next to the dataset's own
+    cache files and every rank reads rank 0's file, so an in-memory dataset (per-process temp dir) breaks
+    on 2+ workers. Pairs are written with `format_completion` already applied."""
     from datasets import Dataset
 
-    return Dataset.from_list([{"prompt": r["prompt"], "chosen": " " + r["chosen"].strip(),
-                               "rejected": " " + r["rejected"].strip()} for r in records])
+    cache = Path(path).resolve().parent / ".hf_datasets_cache"
+    return Dataset.from_json(path, cache_dir=str(cache)).select_columns(["prompt", "chosen", "rejected"])
 
 
 try:
