@@ -174,6 +174,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result["warmup_acc_calc"] = accuracy(test_calc)
     result["warmup_acc_nocalc"] = accuracy(test_nocalc)
     result["truncated_greedy"] = sum(r["finish_reason"] == "length" for r in test_calc)
+    print(f"[calibrate] warm-up greedy test accuracy: {result['warmup_acc_calc']:.1f}% with calculator, "
+          f"{result['warmup_acc_nocalc']:.1f}% without", flush=True)
 
     if not args.skip_st:
         params = SamplingParams(n=args.k, temperature=0.7, max_new_tokens=max_new, seed=args.seed)
@@ -183,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         result["st_sampling"] = {"questions": len(unlabeled), "k": args.k, "correct": sum(r["correct"] for r in records),
                                  "questions_solved": solved, "pseudo_after_dedup": len(pseudo),
                                  "truncated": sum(r["finish_reason"] == "length" for r in records)}
+        print(f"[calibrate] ST sampling: {result['st_sampling']}", flush=True)
         st = work / "st1"
         result["st_sft"] = timer.run("st_sft", sft, base, gold + pseudo, st, args.steps, args.lr, args.batch, args.seed)
         result["st_acc_calc"] = accuracy(timer.run("eval_st_calc", sample, st, test, greedy, args.decode_batch))

@@ -29,7 +29,9 @@ def build_app(pool: str, config: ServingConfig):
     if pool == "rollout":
         return sampler
     limits = {k: v for k, v in asdict(config).items() if k not in POOLS}
-    return SolverAPI.options(max_ongoing_requests=config.solver.max_ongoing_requests * 4,
+    # the ingress only parses JSON and awaits the sampler: it must not hold a CPU that training needs
+    return SolverAPI.options(ray_actor_options={"num_cpus": 0},
+                             max_ongoing_requests=config.solver.max_ongoing_requests * 4,
                              max_queued_requests=config.solver.max_queued_requests).bind(sampler, limits)
 
 
@@ -45,6 +47,25 @@ def deploy_pool(pool: str, config: ServingConfig, version: str | None = None, ch
     serve.run(build_app(pool, config), name=pool, route_prefix="/" if pool == "solver" else None)
     if version:
         wait_for_version(pool, version, timeout_s=timeout_s)
+
+
+def ensure_pools(config: ServingConfig, live: tuple[str, str] | None = None) -> None:
+    """Deploy whichever pools are not running yet (a restarted coordinator finds them up and leaves them),
+    and put the run's live model back on the solver if the registry lost it."""
+    ray.get(get_registry().set_serving_config.remote(asdict(config)))
+    if live and ray.get(get_registry().current.remote("solver")) is None:
+        publish("solver", *live)
+    running = serve.status().applications
+    for pool in POOLS:
+        if pool not in running or running[pool].status not in ("RUNNING", "DEPLOYING"):
+            deploy_pool(pool, config)
+
+
+def serving_config_from_registry() -> ServingConfig:
+    stored = ray.get(get_registry().get_serving_config.remote())
+    if stored is None:
+        raise ConfigError("no dpost pools are deployed on this cluster (start a run first)")
+    return ServingConfig.from_dict(stored)
 
 
 def publish(pool: str, version: str, checkpoint: str) -> None:
@@ -92,13 +113,15 @@ def _expected_replicas(pool: str) -> Callable[[], int]:
     return running
 
 
-def scale(pool: str, num_replicas: int, config: ServingConfig) -> None:
+def scale(pool: str, num_replicas: int, config: ServingConfig | None = None) -> None:
     """Change one pool's replica count; new replicas come up on the pool's current version."""
     if not isinstance(num_replicas, int) or num_replicas < 1:
         raise ConfigError(f"replicas must be a positive integer, got {num_replicas!r}")
+    config = config or serving_config_from_registry()
     config.pool(pool).num_replicas = num_replicas
     config.pool(pool).autoscaling = None
     serve.run(build_app(pool, config), name=pool, route_prefix="/" if pool == "solver" else None)
+    ray.get(get_registry().set_serving_config.remote(asdict(config)))
 
 
 def pool_status(pool: str) -> dict[str, Any]:

@@ -22,6 +22,14 @@ class ModelRegistry:
     def __init__(self) -> None:
         self.pools: dict[str, dict[str, Any]] = {}
         self.replicas: dict[str, dict[str, Any]] = {}
+        self.serving_config: dict[str, Any] | None = None
+
+    def set_serving_config(self, config: dict[str, Any]) -> None:
+        """Kept here so `dpost scale` (any client) can redeploy a pool with the options it was started with."""
+        self.serving_config = config
+
+    def get_serving_config(self) -> dict[str, Any] | None:
+        return self.serving_config
 
     def publish(self, pool: str, version: str, checkpoint: str) -> None:
         entry = self.pools.setdefault(pool, {"history": []})

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from pathlib import Path
 
 import httpx
 import pytest
-import ray
 from ray import serve
 
 from services.config import PoolConfig, ServingConfig

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -24,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from trainers.answers import extract_gold, format_answer, parse_number
+from trainers.files import atomic_write_text
 from trainers.errors import ConfigError, DataError
 
 # xml.etree is fine for trusted benchmark files; the cap keeps a wrong path from eating the machine.
@@ -103,23 +102,11 @@ def write_gsm8k_jsonl(problems: Iterable[Problem], path: str | Path) -> Path:
 
     `answer` is the rationale when there is one, else just `#### N`.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            for p in problems:
-                answer = p.rationale if p.rationale is not None else f"#### {format_answer(p.answer)}"
-                f.write(json.dumps({"id": p.id, "question": p.question, "answer": answer}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp makes the file private (0600); data files are meant to be shared with other workers.
-        os.chmod(tmp_name, 0o644)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+    lines = []
+    for p in problems:
+        answer = p.rationale if p.rationale is not None else f"#### {format_answer(p.answer)}"
+        lines.append(json.dumps({"id": p.id, "question": p.question, "answer": answer}) + "\n")
+    return atomic_write_text(path, "".join(lines))
 
 
 # ---------------------------------------------------------------------------------------------- reading

@@ -11,7 +11,7 @@ The embedded defaults below are for a from-scratch tiny model, which needs far h
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 

@@ -1,0 +1,278 @@
+"""`dpost`: run, submit and operate DPO-augmented self-training on Ray.
+
+    dpost run configs/demo.yaml                 # embedded: local Ray, the loop, then serve the result
+    dpost submit configs/x.yaml --address http://HEAD:8265
+    dpost status [RUN]    dpost scale solver 3    dpost solve "question"    dpost rollback sft-0
+    dpost eval --checkpoint runs/demo/checkpoints/sft-1 --data test.jsonl
+    dpost build-model --preset small --out models/small
+
+User mistakes (bad config, missing file, unknown version) print one line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from trainers.errors import ConfigError, DpostError
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints usage over several)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _connect(address: str | None) -> None:
+    import ray
+
+    try:
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=False,
+                 namespace="dpost")
+    except ConnectionError as exc:
+        raise ConfigError(f"no Ray cluster at {address or 'auto'} ({exc})") from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import ray
+
+    from cluster.config import load_config
+    from cluster.job import drive
+
+    overrides: dict[str, Any] = {}
+    if args.name:
+        overrides["name"] = args.name
+    config = load_config(args.config, overrides)
+    if args.address:
+        _connect(args.address)
+    else:
+        ray.init(include_dashboard=False, namespace="dpost",
+                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}})
+    started = time.time()
+    print(f"dpost: run {config.name} ({config.mode}, {config.iterations} iteration(s)) in {config.run_dir}")
+    result = drive(config, detached=bool(args.address))
+    minutes = (time.time() - started) / 60
+    print(f"\ndpost: finished in {minutes:.1f} min; report: {result['report']}")
+    _print_summary(Path(result["run_dir"]))
+    url = f"http://{config.serving.host}:{config.serving.port}"
+    print(f"\nThe solver serves {result['live'].get('solver')} at {url}. Try:\n"
+          f"  curl -s {url}/v1/solve -H 'content-type: application/json' "
+          f"-d '{{\"question\": \"Ava has 12 pens. She buys 5 more. How many pens does she have?\"}}'\n"
+          f"  dpost solve --url {url} \"Ava has 12 pens. She buys 5 more. How many pens does she have?\"")
+    if args.exit_when_done or args.address:
+        return 0
+    print("Serving until Ctrl-C.")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _print_summary(run_dir: Path) -> None:
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    for version, v in manifest["versions"].items():
+        if "dev_accuracy" in v:
+            test = v.get("test_accuracy")
+            print(f"  {version:8s} dev {100 * v['dev_accuracy']:5.1f}%"
+                  + (f"  test {100 * test:5.1f}%" if test is not None else ""))
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from ray.job_submission import JobSubmissionClient
+
+    from cluster.config import load_config
+
+    # validate here, so a bad file fails before the cluster sees it (data paths may be cluster-only)
+    config = load_config(args.config, check_files=False)
+    text = Path(args.config).read_text()
+    client = JobSubmissionClient(args.address)
+    entry = f"python -m cluster.job --config-b64 {base64.b64encode(text.encode()).decode()}"
+    job_id = client.submit_job(entrypoint=entry, submission_id=f"dpost-{config.name}-{int(time.time())}")
+    print(f"submitted {job_id}; run directory on the cluster: {config.run_dir}")
+    if not args.wait:
+        return 0
+    from ray.job_submission import JobStatus
+
+    while True:
+        status = client.get_job_status(job_id)
+        if status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+            print(f"job {job_id}: {status.value}")
+            return 0 if status == JobStatus.SUCCEEDED else 1
+        time.sleep(2)
+
+
+def _find_run(name: str | None, root: str) -> Path:
+    base = Path(root)
+    if name and (Path(name) / "manifest.json").exists():
+        return Path(name)
+    if name:
+        path = base / name
+        if not (path / "manifest.json").exists():
+            raise ConfigError(f"no run named {name!r} under {base} (no manifest.json)")
+        return path
+    runs = sorted(base.glob("*/manifest.json"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise ConfigError(f"no runs under {base}")
+    return runs[-1].parent
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    run = _find_run(args.run, args.root)
+    m = json.loads((run / "manifest.json").read_text())
+    print(f"run {m.get('name')} [{m.get('status')}] in {run}; live solver: {m['live'].get('solver')}")
+    for name, s in m["stages"].items():
+        extra = {k: v for k, v in s.get("outputs", {}).items() if isinstance(v, (int, float))}
+        print(f"  {name:22s} {s.get('status'):8s} {s.get('seconds', 0):7.1f}s  {extra if extra else ''}")
+    if args.address:
+        from services.pools import pool_status
+
+        _connect(args.address)
+        for pool in ("rollout", "solver"):
+            st = pool_status(pool)
+            print(f"pool {pool}: {st['version']} on {len(st['replicas'])} replica(s)")
+    return 0
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    from services.pools import scale
+
+    if args.pool not in ("rollout", "solver"):
+        raise ConfigError(f"pool must be rollout or solver, got {args.pool!r}")
+    _connect(args.address)
+    scale(args.pool, args.replicas)
+    print(f"pool {args.pool}: {args.replicas} replica(s)")
+    return 0
+
+
+def cmd_solve(args: argparse.Namespace) -> int:
+    import httpx
+
+    body = {"question": args.question, "strategy": args.strategy, "n": args.n}
+    try:
+        r = httpx.post(f"{args.url.rstrip('/')}/v1/solve", json=body, timeout=120)
+    except httpx.HTTPError as exc:
+        raise ConfigError(f"cannot reach the solver at {args.url} ({exc})") from None
+    data = r.json()
+    if r.status_code != 200:
+        raise ConfigError(data.get("error", {}).get("message", r.text))
+    print(data["rationale"])
+    print(f"\nanswer: {data['answer']}  (votes {data['votes']}, model {data['model_version']})")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from cluster.rundir import RunDir
+    from cluster.stages import model_version
+    from services.pools import swap
+
+    run = RunDir(_find_run(args.run, args.root))
+    versions = run.manifest["versions"]
+    if args.version not in versions:
+        raise ConfigError(f"unknown version {args.version!r}; this run has {sorted(versions)}")
+    _connect(args.address)
+    name = run.manifest.get("name", run.root.name)
+    swap("solver", model_version(name, args.version), versions[args.version]["path"])
+    run.manifest["live"]["solver"] = args.version
+    run.manifest["promotions"].append({"version": args.version, "promoted": True, "rollback": True,
+                                       "at": time.time()})
+    run.save()
+    print(f"solver now serves {model_version(name, args.version)}")
+    return 0
+
+
+def cmd_build_model(args: argparse.Namespace) -> int:
+    from trainers.synthetic import SyntheticTaskConfig, corpus_texts
+    from trainers.tiny_model import build_tiny_model
+
+    if args.data:
+        from trainers.data import load_problems
+
+        texts = [f"{p.question}\n{p.rationale or ''}" for p in load_problems(args.data).problems]
+    else:
+        texts = corpus_texts(SyntheticTaskConfig(seed=args.seed), 5000)
+    path = build_tiny_model(args.out, args.preset, texts, seed=args.seed)
+    print(f"saved {args.preset} model to {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="dpost", description="DPO-augmented self-training for math reasoning, on Ray")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=fn)
+        return p
+
+    p = add("run", cmd_run, "run a config: warm-up SFT, iterations, report, then serve the live model")
+    p.add_argument("config")
+    p.add_argument("--address", help="join this Ray cluster instead of starting a local one")
+    p.add_argument("--name", help="override the run name (the run directory)")
+    p.add_argument("--exit-when-done", action="store_true", help="do not keep serving after the run")
+
+    p = add("submit", cmd_submit, "submit a run to a Ray cluster through the Jobs API")
+    p.add_argument("config")
+    p.add_argument("--address", required=True, help="the Jobs API, e.g. http://HEAD:8265")
+    p.add_argument("--wait", action="store_true")
+
+    p = add("status", cmd_status, "show a run's stages (and the pools, with --address)")
+    p.add_argument("run", nargs="?")
+    p.add_argument("--root", default="runs")
+    p.add_argument("--address")
+
+    p = add("scale", cmd_scale, "set a pool's replica count")
+    p.add_argument("pool", choices=["rollout", "solver"])
+    p.add_argument("replicas", type=int)
+    p.add_argument("--address")
+
+    p = add("solve", cmd_solve, "ask the live solver a question over HTTP")
+    p.add_argument("question")
+    p.add_argument("--url", default="http://127.0.0.1:8000")
+    p.add_argument("--strategy", choices=["greedy", "majority"], default="greedy")
+    p.add_argument("--n", type=int, default=1)
+
+    p = add("rollback", cmd_rollback, "put an earlier version of a run back on the live solver")
+    p.add_argument("version")
+    p.add_argument("--run")
+    p.add_argument("--root", default="runs")
+    p.add_argument("--address")
+
+    p = add("build-model", cmd_build_model, "build a from-scratch tokenizer + model preset")
+    p.add_argument("--preset", default="small")
+    p.add_argument("--out", required=True)
+    p.add_argument("--data", help="GSM8K-format file to train the tokenizer on (default: synthetic task)")
+    p.add_argument("--seed", type=int, default=0)
+
+    try:
+        from cluster import eval_cmd
+    except ImportError:
+        eval_cmd = None  # type: ignore[assignment]
+    if eval_cmd is not None:
+        p = add("eval", eval_cmd.run, "evaluate a checkpoint or the live solver on benchmark files")
+        eval_cmd.add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except DpostError as exc:
+        print(f"dpost: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dpost: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""The coordinator: DPO-augmented self-training (Wang et al. 2024, Algorithm 2) as a resumable Ray actor.
+
+    f0 = base model;  f = SFT(f0, L)                                   # warm-up
+    for t in 1..T:
+        D  = pairs(sample(f, U_t, n=5, T=0.7))                         # correct = chosen, wrong = rejected
+        fd = DPO(f, D, beta=0.1, reference=f)                          # DPO step   (mode `st`: fd = f)
+        S  = dedup(correct(sample(fd, U_t, n=K, T=0.7)), jaccard>=0.7)
+        L  = L + S
+        f  = SFT(f0, L)                                                # SFT step: from the BASE model
+        evaluate(f) on dev; promote f to the live solver if it is at least as good as the live model
+
+Every line is a stage (cluster/stages.py) whose outputs are files in the run directory; a stage already
+done is skipped, so a restarted coordinator resumes at the first unfinished one.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import ray
+
+from cluster import stages
+from cluster.config import RunConfig, parse_config
+from cluster.report import write_report
+from cluster.rundir import RunDir
+from cluster.stages import stage
+
+
+def self_training(config: RunConfig, run: RunDir, progress: "Progress") -> dict[str, Any]:
+    log = progress.log
+    data = stage(run, "data", lambda: stages.prepare_data(config, run), log)
+    base = stage(run, "base", lambda: stages.build_base(config, run, data), log)
+    f0, labeled = base["checkpoint"], data["labeled_path"]
+    pseudo: list[str] = []  # L = labeled + every S so far
+
+    f = warm_up = sft_step(config, run, f0, labeled, pseudo, "sft-0", progress)
+    if config.mode == "rft":
+        return rejection_sampling_fine_tuning(config, run, f0, labeled, warm_up, data, progress)
+
+    for t in range(1, config.iterations + 1):
+        questions = stage(run, f"it{t}-questions", lambda: stages.select_questions(config, run, data, t), log)
+        if config.mode == "dpo-st":
+            samples = stage(run, f"it{t}-dpo-samples", lambda: stages.sample(
+                config, run, f["version"], f["checkpoint"], questions["path"], config.sampling.dpo_samples,
+                f"it{t}-dpo-samples", progress.update), log)
+            pairs = stage(run, f"it{t}-pairs", lambda: stages.preference_pairs(
+                config, run, samples["path"], f"it{t}-pairs"), log)
+            fd = {"version": f"dpo-{t}", **stage(run, f"dpo-{t}", lambda: stages.train(
+                config, run, "dpo", f"dpo-{t}", f["checkpoint"], pairs["path"]), log)}
+        else:
+            fd = f
+        samples = stage(run, f"it{t}-sft-samples", lambda: stages.sample(
+            config, run, fd["version"], fd["checkpoint"], questions["path"], config.sampling.sft_samples,
+            f"it{t}-sft-samples", progress.update), log)
+        labels = stage(run, f"it{t}-pseudo-labels", lambda: stages.pseudo_labels(
+            config, run, [samples["path"]], f"it{t}-pseudo-labels"), log)
+        pseudo.append(labels["path"])
+        f = sft_step(config, run, f0, labeled, pseudo, f"sft-{t}", progress)
+
+    return finish(config, run, progress)
+
+
+def sft_step(config: RunConfig, run: RunDir, f0: str, labeled: str, pseudo: list[str], version: str,
+             progress: "Progress") -> dict[str, Any]:
+    """SFT from the base model on L + S, then evaluate on dev and pass the promotion gate."""
+    log = progress.log
+    dataset = stage(run, f"{version}-data", lambda: stages.sft_dataset(run, labeled, list(pseudo),
+                                                                        f"{version}-train"), log)
+    model = stage(run, version, lambda: stages.train(config, run, "sft", version, f0, dataset["path"]), log)
+    scores = stage(run, f"eval-{version}", lambda: stages.evaluate(
+        config, run, version, model["checkpoint"], run.outputs("data"), progress.update), log)
+    stage(run, f"promote-{version}", lambda: stages.promote(
+        config, run, version, model["checkpoint"], scores["dev_accuracy"]), log)
+    return {"version": version, **model}
+
+
+def rejection_sampling_fine_tuning(config: RunConfig, run: RunDir, f0: str, labeled: str,
+                                   warm_up: dict[str, Any], data: dict[str, Any], progress: "Progress"
+                                   ) -> dict[str, Any]:
+    """RFT (Yuan et al. 2023): one round; correct samples pooled from several models, deduplicated by their
+    equation lists, and SFT from the base model on labeled + pooled."""
+    log = progress.log
+    questions = stage(run, "it1-questions", lambda: stages.select_questions(config, run, data, 1), log)
+    models = [(warm_up["version"], warm_up["checkpoint"])]
+    models += [(f"rft-model-{i}", path) for i, path in enumerate(config.rft.checkpoints, start=1)]
+    sample_paths = []
+    for version, checkpoint in models:
+        samples = stage(run, f"rft-samples-{version}", lambda: stages.sample(
+            config, run, version, checkpoint, questions["path"], config.sampling.sft_samples,
+            f"rft-samples-{version}", progress.update), log)
+        sample_paths.append(samples["path"])
+    labels = stage(run, "rft-pseudo-labels", lambda: stages.pseudo_labels(
+        config, run, sample_paths, "rft-pseudo-labels", method=config.rft.dedup), log)
+    sft_step(config, run, f0, labeled, [labels["path"]], "sft-1", progress)
+    return finish(config, run, progress)
+
+
+def finish(config: RunConfig, run: RunDir, progress: "Progress") -> dict[str, Any]:
+    report = write_report(run)
+    run.update(status="done", finished=time.time(), report=str(report))
+    progress.log(f"[done] live solver model: {run.manifest['live'].get('solver')}; report: {report}")
+    return {"run_dir": str(run.root), "live": run.manifest["live"], "report": str(report)}
+
+
+class Progress:
+    """What the driver's progress bars show: the log, and the current sampling stage's row count."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.current: dict[str, Any] = {}
+
+    def log(self, line: str) -> None:
+        self.lines.append(line)
+        print(line, flush=True)
+
+    def update(self, name: str, done: int, total: int) -> None:
+        self.current = {"name": name, "done": done, "total": total}
+
+
+@ray.remote(num_cpus=0, max_restarts=3, max_task_retries=3, max_concurrency=4)
+class Coordinator:
+    """Runs `self_training` for one run directory. Restarted by Ray if it dies; `run` is retried and
+    resumes from the manifest. Extra concurrency lets the driver poll `status` while `run` works."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = parse_config(config)
+        self.run_dir = RunDir(self.config.run_dir)
+        self.run_dir.update(name=self.config.name, config=self.config.to_dict(), status="running",
+                            started=time.time())
+        self.progress = Progress()
+
+    def run(self) -> dict[str, Any]:
+        from services.pools import ensure_pools
+
+        ensure_pools(self.config.serving, live=self._live())
+        return self_training(self.config, self.run_dir, self.progress)
+
+    def _live(self) -> tuple[str, str] | None:
+        version = self.run_dir.manifest["live"].get("solver")
+        if not version:
+            return None
+        return stages.model_version(self.config.name, version), self.run_dir.manifest["versions"][version]["path"]
+
+    def status(self) -> dict[str, Any]:
+        return {"manifest": self.run_dir.manifest, "log": self.progress.lines[-50:],
+                "current": self.progress.current}

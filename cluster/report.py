@@ -1,0 +1,98 @@
+"""`report.md` + `report.png` for a run: accuracy per iteration (the paper's Fig. 5), pseudo-labels and DPO
+pairs per iteration (Fig. 6, right), promotions and stage timings. Everything is read from the manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cluster.rundir import RunDir, atomic_write_text
+
+
+def _iterations(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    stages, versions = manifest["stages"], manifest["versions"]
+    t = 0
+    while f"sft-{t}" in versions:
+        v = versions[f"sft-{t}"]
+        row = {"iteration": t, "version": f"sft-{t}", "dev": v.get("dev_accuracy"), "test": v.get("test_accuracy")}
+        for key, stage, field in (("pairs", f"it{t}-pairs", "pairs"),
+                                  ("pseudo_labels", f"it{t}-pseudo-labels", "pseudo_labels"),
+                                  ("pseudo_labels", "rft-pseudo-labels", "pseudo_labels"),
+                                  ("solve_rate", f"it{t}-sft-samples", "questions_solved")):
+            entry = stages.get(stage, {})
+            if entry.get("status") == "done" and (t > 0 or key != "pseudo_labels"):
+                value = entry["outputs"].get(field)
+                if key == "solve_rate" and value is not None:
+                    value = value / max(entry["outputs"].get("questions", 1), 1)
+                row.setdefault(key, value)
+        rows.append(row)
+        t += 1
+    return rows
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def write_report(run: RunDir) -> Path:
+    m = run.manifest
+    rows = _iterations(m)
+    lines = [f"# dpost run `{m.get('name', run.root.name)}`", "",
+             f"mode `{m.get('config', {}).get('mode')}`, live solver model: `{m['live'].get('solver')}`", "",
+             "## Accuracy per iteration (greedy, calculator on)", "",
+             "| iteration | model | dev | test | DPO pairs | pseudo-labels | questions solved by K samples |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['iteration']} | {r['version']} | {_pct(r['dev'])} | {_pct(r['test'])} | "
+                     f"{r.get('pairs', '-')} | {r.get('pseudo_labels', '-')} | {_pct(r.get('solve_rate'))} |")
+    dpo = {k: v for k, v in m["versions"].items() if k.startswith("dpo-")}
+    if dpo:
+        lines += ["", "## DPO steps", "", "| model | steps | reward margin first -> last | reward accuracy |",
+                  "|---|---|---|---|"]
+        for k, v in sorted(dpo.items()):
+            lines.append(f"| {k} | {v.get('global_step')} | {v.get('first_margin', 0):.3f} -> "
+                         f"{v.get('final_margin', 0):.3f} | {v.get('final_reward_accuracy', 0):.2f} |")
+    lines += ["", "## Promotions", "", "| model | dev | live before | live dev | promoted |", "|---|---|---|---|---|"]
+    for p in m["promotions"]:
+        lines.append(f"| {p['version']} | {_pct(p.get('dev_accuracy'))} | {p.get('live') or '-'} | "
+                     f"{_pct(p.get('live_dev_accuracy'))} | {'yes' if p.get('promoted') else 'no'} |")
+    lines += ["", "## Stage timings", "", "| stage | seconds |", "|---|---|"]
+    total = 0.0
+    for name, entry in m["stages"].items():
+        if entry.get("status") == "done":
+            total += entry.get("seconds", 0)
+            lines.append(f"| {name} | {entry.get('seconds', 0):.1f} |")
+    lines.append(f"| **total** | {total:.1f} |")
+    lines += ["", "![accuracy per iteration](report.png)", ""]
+    _plot(rows, run.root / "report.png")
+    path = run.root / "report.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path
+
+
+def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    its = [r["iteration"] for r in rows]
+    for key, style in (("dev", "o-"), ("test", "s--")):
+        ys = [100 * r[key] if r.get(key) is not None else float("nan") for r in rows]
+        left.plot(its, ys, style, label=key)
+    left.set(xlabel="iteration (0 = warm-up SFT)", ylabel="greedy accuracy (%)", title="Accuracy per iteration")
+    left.set_xticks(its)
+    left.legend()
+    width = 0.38
+    right.bar([i - width / 2 for i in its], [r.get("pairs") or 0 for r in rows], width, label="DPO pairs")
+    right.bar([i + width / 2 for i in its], [r.get("pseudo_labels") or 0 for r in rows], width,
+              label="pseudo-labels")
+    right.set(xlabel="iteration", ylabel="count", title="Training data made per iteration")
+    right.set_xticks(its)
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+

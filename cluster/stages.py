@@ -1,0 +1,244 @@
+"""The stages of self-training, each a small function from files in the run directory to files in it.
+
+The coordinator strings them together; `stage()` makes each one run at most once per run directory.
+Sampling and evaluation go through the Serve `rollout` pool (swapped to the model being sampled); training
+goes through Ray Train. Nothing here keeps state between calls: everything is in the files.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from cluster.config import RunConfig
+from cluster.rundir import RunDir, read_jsonl, write_jsonl
+from services.pools import sample_rows, swap
+from trainers.data import Problem, load_problems, write_gsm8k_jsonl
+from trainers.dedup import dedup_clusters
+from trainers.pairs import preference_pairs as build_pairs
+from trainers.prompting import format_completion, format_prompt
+from trainers.sampling import SamplingParams, make_requests, to_records
+from trainers.training import train_dpo, train_sft
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+def stage(run: RunDir, name: str, fn: Callable[[], dict[str, Any]], log: Callable[[str], None] = print
+          ) -> dict[str, Any]:
+    """Run `fn` unless the manifest already marks `name` done with its outputs on disk."""
+    if run.is_done(name):
+        log(f"[{name}] done earlier, kept")
+        return run.outputs(name)
+    log(f"[{name}] started")
+    run.start(name)
+    try:
+        outputs = fn()
+    except BaseException as exc:
+        run.fail(name, f"{type(exc).__name__}: {exc}")
+        raise
+    run.finish(name, outputs)
+    log(f"[{name}] done in {run.manifest['stages'][name]['seconds']:.1f}s "
+        f"{ {k: v for k, v in outputs.items() if not isinstance(v, (str, dict, list))} }")
+    return outputs
+
+
+def model_version(run_name: str, version: str) -> str:
+    """The label replicas report: the run and the stage's version, e.g. `demo:sft-1`."""
+    return f"{run_name}:{version}"
+
+
+# ------------------------------------------------------------------------------------------------ data, base
+
+def prepare_data(config: RunConfig, run: RunDir) -> dict[str, Any]:
+    """Synthetic splits, or the user's files copied in as GSM8K jsonl (so later stages read one format)."""
+    out: dict[str, Any] = {}
+    if config.data.synthetic is not None:
+        from trainers.synthetic import build_synthetic_task
+
+        paths = build_synthetic_task(config.synthetic_config(), run.data / "task")
+        out = {f"{split}_path": str(path) for split, path in paths.items()}
+    else:
+        for split in ("labeled", "unlabeled", "dev", "test"):
+            problems = load_problems(getattr(config.data, split)).problems
+            out[f"{split}_path"] = str(write_gsm8k_jsonl(problems, run.data / "task" / f"{split}.jsonl"))
+    for split in ("labeled", "unlabeled", "dev", "test"):
+        out[f"{split}_count"] = len(load_problems(out[f"{split}_path"]))
+    return out
+
+
+def build_base(config: RunConfig, run: RunDir, data: dict[str, Any]) -> dict[str, Any]:
+    """f0: a from-scratch preset (tokenizer trained on the task's text) or the user's model as is."""
+    if config.model.path:
+        return {"checkpoint": config.model.path, "source": "path"}
+    from trainers.tiny_model import build_tiny_model
+
+    texts = [f"{p.question}\n{p.rationale}" for p in load_problems(data["labeled_path"]).problems]
+    texts += [p.question for p in load_problems(data["unlabeled_path"]).problems]
+    path = build_tiny_model(run.checkpoint("base"), config.model.preset or "tiny", texts, seed=config.model.seed)
+    return {"checkpoint": str(path), "source": f"preset:{config.model.preset}"}
+
+
+def select_questions(config: RunConfig, run: RunDir, data: dict[str, Any], iteration: int) -> dict[str, Any]:
+    """U_t: the iteration's slice of the unlabeled questions (cycling through the file)."""
+    problems = load_problems(data["unlabeled_path"]).problems
+    size = config.data.unlabeled_per_iteration or len(problems)
+    start = ((iteration - 1) * size) % len(problems)
+    picked = (problems + problems)[start:start + min(size, len(problems))]
+    path = write_gsm8k_jsonl(picked, run.data / f"it{iteration}-questions.jsonl")
+    return {"path": str(path), "count": len(picked)}
+
+
+# ------------------------------------------------------------------------------------------------ sampling
+
+def sample(config: RunConfig, run: RunDir, version: str, checkpoint: str, questions_path: str, n: int,
+           out_name: str, progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Sample n rationales per question at the configured temperature from `checkpoint` on the rollout pool,
+    label each against the gold answer, and write the records with provenance."""
+    s = config.sampling
+    params = SamplingParams(n=n, temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
+                            calculator=s.calculator, seed=config.seed + _stable(out_name))
+    return _decode_to_file(config, run, version, checkpoint, questions_path, params, out_name, progress)
+
+
+def _decode_to_file(config: RunConfig, run: RunDir, version: str, checkpoint: str, questions_path: str,
+                    params: SamplingParams, out_name: str, progress: ProgressFn | None) -> dict[str, Any]:
+    problems = load_problems(questions_path).problems
+    swap("rollout", model_version(config.name, version), checkpoint)
+    rows = make_requests(problems, params)
+    done = [0]
+
+    def on_chunk(index: int, decoded: list, served_by: str) -> None:
+        done[0] += len(decoded)
+        if progress:
+            progress(out_name, done[0], len(rows))
+
+    started = time.time()
+    decoded, versions = sample_rows(rows, pool="rollout", chunk_rows=config.sampling.chunk_rows,
+                                    on_chunk=on_chunk)
+    records = to_records(problems, params, decoded, model_version(config.name, version))
+    for record, served_by in zip(records, versions):
+        record["served_by"] = served_by
+    path = write_jsonl(run.data / f"{out_name}.jsonl", records)
+    correct = sum(r["correct"] for r in records)
+    solved = len({r["question_id"] for r in records if r["correct"]})
+    return {"path": str(path), "samples": len(records), "correct": correct, "questions": len(problems),
+            "questions_solved": solved, "seconds": round(time.time() - started, 2),
+            "tokens": sum(r["num_tokens"] for r in records)}
+
+
+def _stable(name: str) -> int:
+    import zlib
+
+    return zlib.crc32(name.encode()) % 100_000
+
+
+# ------------------------------------------------------------------------------------- pairs, pseudo-labels
+
+def preference_pairs(config: RunConfig, run: RunDir, samples_path: str, out_name: str) -> dict[str, Any]:
+    """DPO data: correct samples are chosen, incorrect ones rejected (completion format applied)."""
+    pairs, stats = build_pairs(read_jsonl(Path(samples_path)),
+                               max_pairs_per_question=config.sampling.max_pairs_per_question)
+    for p in pairs:
+        p["chosen"], p["rejected"] = format_completion(p["chosen"]), format_completion(p["rejected"])
+    path = write_jsonl(run.data / f"{out_name}.jsonl", pairs)
+    return {"path": str(path), **stats}
+
+
+def pseudo_labels(config: RunConfig, run: RunDir, samples_paths: list[str], out_name: str,
+                  method: str | None = None) -> dict[str, Any]:
+    """S: correct samples, near-duplicates (per question) dropped; each kept record names its cluster."""
+    by_question: dict[str, list[dict[str, Any]]] = {}
+    for path in samples_paths:
+        for r in read_jsonl(Path(path)):
+            if r["correct"]:
+                by_question.setdefault(r["question_id"], []).append(r)
+    kept, dropped = [], 0
+    method = method or config.sampling.dedup
+    for qid, records in by_question.items():
+        clusters = dedup_clusters([r["completion"] for r in records], method=method,
+                                  threshold=config.sampling.dedup_threshold)
+        for i, (record, cluster) in enumerate(zip(records, clusters)):
+            if cluster == i:
+                kept.append({**record, "dedup_cluster": f"{qid}#{i}",
+                             "merged": sum(1 for c in clusters if c == i) - 1})
+            else:
+                dropped += 1
+    path = write_jsonl(run.data / f"{out_name}.jsonl", kept)
+    return {"path": str(path), "pseudo_labels": len(kept), "duplicates_dropped": dropped,
+            "questions": len(by_question)}
+
+
+def sft_dataset(run: RunDir, labeled_path: str, pseudo_paths: list[str], out_name: str) -> dict[str, Any]:
+    """L + S as prompt/completion records: labeled rationales plus every pseudo-label so far."""
+    rows = [{"prompt": format_prompt(p.question), "completion": format_completion(p.rationale or ""),
+             "source": "labeled", "question_id": p.id} for p in load_problems(labeled_path).problems]
+    for path in pseudo_paths:
+        rows += [{"prompt": r["prompt"], "completion": format_completion(r["completion"]),
+                  "source": r["model_version"], "question_id": r["question_id"]} for r in read_jsonl(Path(path))]
+    path = write_jsonl(run.data / f"{out_name}.jsonl", rows)
+    return {"path": str(path), "examples": len(rows)}
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+def train(config: RunConfig, run: RunDir, kind: str, version: str, model_path: str, data_path: str
+          ) -> dict[str, Any]:
+    stage_config = config.stage_config(kind, model_path=model_path, data_path=data_path,
+                                       output_dir=str(run.checkpoint(version)),
+                                       run_name=f"{config.name}-{version}")
+    if not stage_config.storage_path:
+        stage_config.storage_path = str(run.root / "ray_train")
+    result = (train_sft if kind == "sft" else train_dpo)(stage_config)  # type: ignore[arg-type]
+    m = result.metrics
+    summary = {"global_step": m["global_step"], "first_loss": m["first_loss"], "final_loss": m["final_loss"],
+               "resumed_from_step": m["resumed_from_step"]}
+    if kind == "dpo":
+        logs = [h for h in m["log_history"] if "rewards/margins" in h]
+        if logs:
+            summary.update(first_margin=logs[0]["rewards/margins"], final_margin=logs[-1]["rewards/margins"],
+                           final_reward_accuracy=logs[-1]["rewards/accuracies"])
+    run.add_version(version, result.checkpoint, {"kind": kind, **summary})
+    return {"checkpoint": str(result.checkpoint), **summary}
+
+
+# ------------------------------------------------------------------------------------- evaluate, promote
+
+def evaluate(config: RunConfig, run: RunDir, version: str, checkpoint: str, data: dict[str, Any],
+             progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Greedy accuracy (with the calculator) on dev, and on test for the report."""
+    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=config.evaluation.max_new_tokens,
+                            calculator=config.sampling.calculator)
+    out: dict[str, Any] = {}
+    splits = ["dev"] + (["test"] if config.evaluation.evaluate_test else [])
+    for split in splits:
+        limit = getattr(config.data, f"{split}_limit")
+        path = data[f"{split}_path"]
+        if limit:
+            problems: list[Problem] = load_problems(path).problems[:limit]
+            path = str(write_gsm8k_jsonl(problems, run.data / f"{split}-subset.jsonl"))
+        result = _decode_to_file(config, run, version, checkpoint, path, params, f"eval-{version}-{split}",
+                                 progress)
+        out[f"{split}_accuracy"] = result["correct"] / max(result["samples"], 1)
+        out[f"{split}_path"] = result["path"]
+    run.manifest["versions"].setdefault(version, {"path": checkpoint}).update(
+        {k: v for k, v in out.items() if k.endswith("accuracy")})
+    run.save()
+    return out
+
+
+def promote(config: RunConfig, run: RunDir, version: str, checkpoint: str, dev_accuracy: float
+            ) -> dict[str, Any]:
+    """The gate: `version` goes live on the solver only if its dev accuracy >= the live model's + margin."""
+    live = run.manifest["live"].get("solver")
+    live_accuracy = run.manifest["versions"].get(live, {}).get("dev_accuracy") if live else None
+    promoted = live is None or dev_accuracy >= live_accuracy + config.evaluation.promotion_margin
+    if promoted:
+        swap("solver", model_version(config.name, version), checkpoint)
+        run.manifest["live"]["solver"] = version
+    decision = {"version": version, "dev_accuracy": dev_accuracy, "live": live, "live_dev_accuracy": live_accuracy,
+                "margin": config.evaluation.promotion_margin, "promoted": promoted, "at": time.time()}
+    run.manifest["promotions"].append(decision)
+    run.save()
+    return {"promoted": promoted, "live": run.manifest["live"]["solver"], "decision": json.dumps(decision)}

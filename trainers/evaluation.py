@@ -1,0 +1,521 @@
+"""Evaluate a model on benchmark files: greedy pass@1 (strict and flexible), pass@k and maj@k, with or
+without the calculator.
+
+Decoding goes through a `decode_fn(rows) -> list[Decoded]` so the same code runs in-process
+(`decode_all`) or on the Serve `rollout` pool (`services.pools.sample_rows`, which also returns each row's
+model version). Per-item records land in `<out_dir>/eval.json`, rewritten atomically after every chunk, so
+an interrupted run leaves a valid partial file and a re-run with the same settings resumes where it stopped.
+
+    eval.json = {"format": "dpost-eval/1", "runs": {name: run}}
+    run       = {"name", "config", "data", "complete", "metrics", "throughput", "model_versions", "items": [item]}
+    item      = {"question_id", "question", "gold",
+                 greedy:  "prediction" (flexible), "prediction_strict", "correct" (strict), "correct_flexible",
+                          "completion", "num_tokens", "finish_reason", "calculator_overrides", "model_version",
+                 sampled: "sampled_answers", "majority", "votes", "majority_correct", "samples": [record]}
+
+A run is one (data file, calculator on/off) pair, named after the file (`svamp`, `gsm8k/test`), plus
+" (no calculator)".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence, Union
+
+from trainers.answers import answers_match, format_answer
+from trainers.data import Problem, ProblemSet, load_problems
+from trainers.decoding import Decoded, DecodeRequest
+from trainers.files import atomic_write_text
+from trainers.errors import ConfigError
+from trainers.metrics import accuracy, maj_at_k, majority_vote, pass_at_k
+from trainers.sampling import SamplingParams, make_requests, to_records
+
+__all__ = ["DecodeFn", "EvalConfig", "PlannedRun", "evaluate", "evaluate_file", "format_skipped",
+           "format_throughput", "load_results", "markdown_report", "markdown_table", "plan_runs", "score_greedy",
+           "score_sampled", "terminal_table"]
+
+EVAL_FILE = "eval.json"
+FILE_FORMAT = "dpost-eval/1"
+
+# In-process decoding returns the rows; the Serve pool also returns the model version of every row.
+DecodeFn = Callable[[list[DecodeRequest]], Union[list[Decoded], tuple[list[Decoded], list[str]]]]
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate and how. Every field except `data`, `batch_size` and `model`'s spelling decides the
+    results, so a resumed run must match the stored one on all of them.
+
+    Attributes:
+        data: benchmark files (any format `trainers.data.load_problems` reads).
+        fmt: their format, `auto` to guess from the extension and content.
+        greedy: decode one greedy (T=0) answer per item and report pass@1 with strict and flexible extraction.
+        n: sampled answers per item for pass@k and maj@k; 0 samples nothing.
+        ks: the k values to report for pass@k and maj@k, each in 1..n; None means [1, n].
+        temperature: sampling temperature for the n samples (the paper's 0.7).
+        max_new_tokens: the most tokens a greedy or sampled answer may have (the paper's 300).
+        calculator: let the calculator write the results of `<<expr=` annotations.
+        seed: base seed; each sampled row's seed comes from (seed, question id, sample index), so a sample is
+            the same whatever batch or chunk it lands in, and a resumed run draws the same samples.
+        batch_size: items decoded per chunk; the progress bar and eval.json advance once per chunk.
+        limit: evaluate only the first `limit` items of each file.
+        model: what is evaluated (a checkpoint path, `live:rollout`); a run resumes only on the same model.
+    """
+
+    data: list[str] = field(default_factory=list)
+    fmt: str = "auto"
+    greedy: bool = True
+    n: int = 0
+    ks: list[int] | None = None
+    temperature: float = 0.7
+    max_new_tokens: int = 300
+    calculator: bool = True
+    seed: int = 0
+    batch_size: int = 32
+    limit: int | None = None
+    model: str = ""
+
+    def __post_init__(self) -> None:
+        self.data = [str(p) for p in self.data]
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first setting that cannot work."""
+        for name in ("n", "max_new_tokens", "batch_size", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name} must be an integer, got {value!r}")
+        if self.n < 0:
+            raise ConfigError(f"n must be 0 or more, got {self.n}")
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.limit is not None and (isinstance(self.limit, bool) or not isinstance(self.limit, int)
+                                       or self.limit < 1):
+            raise ConfigError(f"limit must be a positive integer, got {self.limit!r}")
+        if not self.greedy and self.n == 0:
+            raise ConfigError("nothing to evaluate: greedy decoding is off and n is 0")
+        if self.ks is not None:
+            if self.n == 0:
+                raise ConfigError("k values need sampled answers: set n > 0")
+            bad = [k for k in self.ks if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.n]
+            if bad or not self.ks:
+                raise ConfigError(f"every k must be between 1 and n={self.n}, got {self.ks}")
+        if self.n > 0 and not (isinstance(self.temperature, (int, float)) and 0 < self.temperature <= 10):
+            raise ConfigError(f"temperature must be in (0, 10] for sampling, got {self.temperature!r}")
+
+    @property
+    def k_values(self) -> list[int]:
+        """The k values reported, sorted; empty when nothing is sampled."""
+        if self.n == 0:
+            return []
+        return sorted(set(self.ks if self.ks is not None else [1, self.n]))
+
+
+@dataclass
+class PlannedRun:
+    """One (file, calculator) run before it starts: its problems and how many items eval.json already holds."""
+
+    name: str
+    path: Path
+    problems: ProblemSet
+    config: EvalConfig
+    done: int
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+def score_greedy(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Greedy pass@1 with strict (`#### N`) and flexible (else the last number) extraction.
+
+    Each record needs `correct` (strict) and `correct_flexible`, as `to_records` and eval.json items have.
+    """
+    return {
+        "items": len(records),
+        "greedy_strict": accuracy([bool(r["correct"]) for r in records]),
+        "greedy_flexible": accuracy([bool(r["correct_flexible"]) for r in records]),
+    }
+
+
+def score_sampled(records_by_question: Mapping[str, Sequence[Mapping[str, Any]]], ks: Sequence[int]
+                  ) -> dict[str, Any]:
+    """Unbiased pass@k (flexible, and strict as `pass@k_strict`) averaged over questions, and maj@k: the
+    majority vote over each question's first k flexible answers (ties go to the answer seen first; missing
+    answers do not vote) compared with its gold answer.
+
+    Each record needs `answer` (flexible), `correct`, `correct_flexible` and `gold`, in sample order.
+    """
+    groups = [list(g) for g in records_by_question.values()]
+    scores: dict[str, Any] = {"questions": len(groups)}
+    for k in ks:
+        scores[f"pass@{k}"] = _mean([pass_at_k(len(g), sum(bool(r["correct_flexible"]) for r in g), k)
+                                     for g in groups])
+        scores[f"maj@{k}"] = _mean([float(maj_at_k([r["answer"] for r in g], g[0]["gold"], k)) for g in groups])
+        scores[f"pass@{k}_strict"] = _mean([pass_at_k(len(g), sum(bool(r["correct"]) for r in g), k)
+                                            for g in groups])
+    return scores
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else 0.0
+
+
+def _metrics(items: Sequence[Mapping[str, Any]], config: EvalConfig) -> dict[str, Any]:
+    metrics: dict[str, Any] = {}
+    if config.greedy:
+        metrics.update(score_greedy(items))
+    if config.n:
+        metrics.update(score_sampled({it["question_id"]: it["samples"] for it in items}, config.k_values))
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------- running
+
+
+def evaluate(config: EvalConfig, decode_fn: DecodeFn, out_dir: str | Path, model_version: str,
+             calculators: Sequence[bool] | None = None, progress: bool = True) -> list[dict[str, Any]]:
+    """Evaluate every file in `config.data`, once per calculator setting (`[True, False]` is the calculator
+    ablation; None means `[config.calculator]`). Writes eval.json and eval.md into out_dir; returns one
+    result per run (see `evaluate_file`). Every file is read and every resume checked before decoding."""
+    out_dir = Path(out_dir)
+    plans = plan_runs(config, out_dir, calculators)
+    results = [_run(plan, decode_fn, out_dir, model_version, progress) for plan in plans]
+    atomic_write_text(out_dir / "eval.md", markdown_report(load_results(out_dir)))
+    return results
+
+
+def evaluate_file(path: str | Path, decode_fn: DecodeFn, config: EvalConfig, out_dir: str | Path,
+                  model_version: str, progress: bool = True, name: str | None = None) -> dict[str, Any]:
+    """Evaluate one file with `config.calculator`; records go to the run `name` in `<out_dir>/eval.json`
+    (default: the file's stem, or `parent/stem` for a split name such as `gsm8k/test`). Returns the run's
+    result: name, data (path, loaded, evaluated, skipped and why), config, metrics, throughput, resumed
+    (items found done), model_versions and the eval.json path.
+
+    Raises DataError for an unreadable file and ConfigError when eval.json holds this run with other settings.
+    """
+    path, out_dir = Path(path), Path(out_dir)
+    problems = load_problems(path, config.fmt)
+    name = name or _run_name(_labels([path])[0], config.calculator)
+    done = _check_resumable(_read_doc(out_dir), name, _run_config(config, problems))
+    return _run(PlannedRun(name, path, problems, config, done), decode_fn, out_dir, model_version, progress)
+
+
+def plan_runs(config: EvalConfig, out_dir: str | Path, calculators: Sequence[bool] | None = None
+              ) -> list[PlannedRun]:
+    """Read every data file and check each run against eval.json, without decoding anything: a bad file or
+    a resume with other settings fails here, before a model is loaded. Raises DataError / ConfigError."""
+    if not config.data:
+        raise ConfigError("no data files to evaluate")
+    calculators = [config.calculator] if calculators is None else list(dict.fromkeys(calculators))
+    if not calculators:
+        raise ConfigError("calculators must hold True, False or both")
+    paths = [Path(p) for p in config.data]
+    labels = _labels(paths)
+    doc = _read_doc(Path(out_dir))
+    plans = []
+    for path, label in zip(paths, labels):
+        problems = load_problems(path, config.fmt)
+        for calculator in calculators:
+            run_config = replace(config, calculator=bool(calculator))
+            name = _run_name(label, calculator)
+            done = _check_resumable(doc, name, _run_config(run_config, problems))
+            plans.append(PlannedRun(name, path, problems, run_config, done))
+    return plans
+
+
+def _run(plan: PlannedRun, decode_fn: DecodeFn, out_dir: Path, model_version: str,
+         progress: bool) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    config = plan.config
+    problems = _limited(plan.problems, config)
+    run_config = _run_config(config, plan.problems)
+    doc = _read_doc(out_dir)
+    run = doc["runs"].get(plan.name)
+    if run is None or _check_resumable(doc, plan.name, run_config) == 0:
+        run = _new_run(plan, run_config)
+    done_ids = {item["question_id"] for item in run["items"]}
+    todo = [p for p in problems if p.id not in done_ids]
+    resumed = len(problems) - len(todo)
+    timing = run["timing"]
+
+    with tqdm(total=len(problems), initial=resumed, desc=plan.name, unit="item", disable=not progress,
+              dynamic_ncols=True) as bar:
+        for start in range(0, len(todo), config.batch_size):
+            chunk = todo[start:start + config.batch_size]
+            items, seconds, tokens = _evaluate_chunk(chunk, decode_fn, config, model_version)
+            run["items"].extend(items)
+            timing["decode_seconds"] += seconds
+            timing["generated_tokens"] += tokens
+            timing["decoded_items"] += len(items)
+            run["complete"] = len(run["items"]) == len(problems)
+            _summarize(run, config)
+            doc["runs"][plan.name] = run
+            atomic_write_text(out_dir / EVAL_FILE, json.dumps(doc, indent=1, ensure_ascii=False))
+            bar.update(len(chunk))
+            if config.greedy:
+                bar.set_postfix(acc=f"{run['metrics']['greedy_flexible']:.1%}", refresh=False)
+
+    if not todo:  # nothing left to decode (a finished run asked again): still record the final state
+        run["complete"] = True
+        _summarize(run, config)
+        doc["runs"][plan.name] = run
+        atomic_write_text(out_dir / EVAL_FILE, json.dumps(doc, indent=1, ensure_ascii=False))
+    return {**_result(run), "resumed": resumed, "eval_json": str(out_dir / EVAL_FILE)}
+
+
+def _evaluate_chunk(chunk: Sequence[Problem], decode_fn: DecodeFn, config: EvalConfig,
+                    model_version: str) -> tuple[list[dict[str, Any]], float, int]:
+    """Decode one chunk's greedy and sampled rows in a single decode_fn call; return its items, the decode
+    seconds and the generated tokens."""
+    greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=config.max_new_tokens,
+                            calculator=config.calculator, seed=config.seed)
+    sampled = SamplingParams(n=config.n, temperature=config.temperature, max_new_tokens=config.max_new_tokens,
+                             calculator=config.calculator, seed=config.seed)
+    rows = (make_requests(chunk, greedy) if config.greedy else []) + make_requests(chunk, sampled)
+    started = time.perf_counter()
+    output = decode_fn(rows)
+    seconds = time.perf_counter() - started
+    decoded, versions = output if isinstance(output, tuple) else (output, [model_version] * len(output))
+    if len(decoded) != len(rows) or len(versions) != len(rows):
+        raise RuntimeError(f"decode_fn returned {len(decoded)} rows for {len(rows)} requests")
+
+    split = len(chunk) if config.greedy else 0
+    greedy_records = (_with_versions(to_records(chunk, greedy, decoded[:split], model_version), versions[:split])
+                      if config.greedy else [])
+    sample_records = _with_versions(to_records(chunk, sampled, decoded[split:], model_version), versions[split:])
+    items = []
+    for i, problem in enumerate(chunk):
+        item: dict[str, Any] = {"question_id": problem.id, "question": problem.question, "gold": problem.answer}
+        if config.greedy:
+            r = greedy_records[i]
+            item.update(prediction=r["answer"], prediction_strict=r["strict_answer"], correct=r["correct"],
+                        correct_flexible=r["correct_flexible"], completion=r["completion"],
+                        num_tokens=r["num_tokens"], finish_reason=r["finish_reason"],
+                        calculator_overrides=r["calculator_overrides"], model_version=r["model_version"])
+        if config.n:
+            samples = sample_records[i * config.n:(i + 1) * config.n]
+            answers = [s["answer"] for s in samples]
+            majority, votes = majority_vote(answers)
+            item.update(sampled_answers=answers, majority=majority, votes=votes,
+                        majority_correct=answers_match(majority, problem.answer),
+                        samples=[{k: v for k, v in s.items() if k not in ("question_id", "question", "prompt")}
+                                 for s in samples])
+        items.append(item)
+    return items, seconds, sum(d.num_tokens for d in decoded)
+
+
+def _with_versions(records: list[dict[str, Any]], versions: Sequence[str]) -> list[dict[str, Any]]:
+    for record, version in zip(records, versions):
+        record["model_version"] = version
+    return records
+
+
+# ---------------------------------------------------------------------------------------------- eval.json
+
+
+def _run_config(config: EvalConfig, problems: ProblemSet) -> dict[str, Any]:
+    """The settings that decide a run's results; a resume must match every one."""
+    sampled = config.n > 0
+    return {
+        "model": config.model, "problems_sha256": _problems_digest(_limited(problems, config)),
+        "greedy": config.greedy, "n": config.n, "ks": config.k_values,
+        "temperature": config.temperature if sampled else None, "seed": config.seed if sampled else None,
+        "max_new_tokens": config.max_new_tokens, "calculator": config.calculator,
+    }
+
+
+def _problems_digest(problems: Sequence[Problem]) -> str:
+    """Content hash of the evaluated items: the same file moved or re-exported still resumes; an edited one
+    (or another file with the same name) does not."""
+    h = hashlib.sha256()
+    for p in problems:
+        h.update(json.dumps([p.id, p.question, p.answer]).encode())
+    return h.hexdigest()
+
+
+def _limited(problems: ProblemSet, config: EvalConfig) -> list[Problem]:
+    return problems.problems[:config.limit] if config.limit else problems.problems
+
+
+def _new_run(plan: PlannedRun, run_config: dict[str, Any]) -> dict[str, Any]:
+    problems = plan.problems
+    return {
+        "name": plan.name, "config": run_config,
+        "data": {"path": str(plan.path), "format": plan.config.fmt, "loaded": len(problems),
+                 "evaluated": len(_limited(problems, plan.config)), "limit": plan.config.limit,
+                 "skipped": problems.skipped, "skipped_reasons": problems.skipped_reasons},
+        "complete": False, "metrics": {}, "throughput": {}, "model_versions": [],
+        "timing": {"decode_seconds": 0.0, "generated_tokens": 0, "decoded_items": 0},
+        "items": [],
+    }
+
+
+def _summarize(run: dict[str, Any], config: EvalConfig) -> None:
+    """Recompute metrics, throughput and versions from the run's items and timing (after every chunk)."""
+    run["metrics"] = _metrics(run["items"], config)
+    timing = run["timing"]
+    seconds = timing["decode_seconds"]
+    run["throughput"] = {
+        "items_per_s": timing["decoded_items"] / seconds if seconds else 0.0,
+        "tokens_per_s": timing["generated_tokens"] / seconds if seconds else 0.0,
+        "decode_seconds": seconds, "decoded_items": timing["decoded_items"],
+        "generated_tokens": timing["generated_tokens"],
+    }
+    versions = {it["model_version"] for it in run["items"] if "model_version" in it}
+    versions |= {s["model_version"] for it in run["items"] for s in it.get("samples", ())}
+    run["model_versions"] = sorted(versions)
+
+
+def _read_doc(out_dir: Path) -> dict[str, Any]:
+    path = out_dir / EVAL_FILE
+    if not path.exists():
+        return {"format": FILE_FORMAT, "runs": {}}
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{path} is not a readable dpost eval file ({e}); pick another --out") from None
+    if not isinstance(doc, dict) or doc.get("format") != FILE_FORMAT or not isinstance(doc.get("runs"), dict):
+        raise ConfigError(f"{path} is not a dpost eval file ({FILE_FORMAT}); pick another --out")
+    return doc
+
+
+def _check_resumable(doc: dict[str, Any], name: str, run_config: dict[str, Any]) -> int:
+    """How many items of run `name` eval.json already holds; ConfigError if it was made with other settings."""
+    run = doc["runs"].get(name)
+    if run is None:
+        return 0
+    stored = run.get("config", {})
+    changed = [key for key in run_config if stored.get(key) != run_config[key]]
+    if changed:
+        what = ", ".join(f"{key} {stored.get(key)!r} -> {run_config[key]!r}" if key != "problems_sha256"
+                         else "the data items differ" for key in changed)
+        raise ConfigError(f"the eval output already holds run {name!r} made with other settings ({what}); "
+                          "pick another --out to keep both, or delete it to start over")
+    return len(run.get("items", []))
+
+
+def load_results(out_dir: str | Path) -> list[dict[str, Any]]:
+    """The result of every run in `<out_dir>/eval.json` (no per-item records), in the order they were added."""
+    return [_result(run) for run in _read_doc(Path(out_dir))["runs"].values()]
+
+
+def _result(run: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in run.items() if k not in ("items", "timing")}
+
+
+# A file named after its split says little on its own: `gsm8k/test` is a better label than `test`.
+_SPLIT_NAMES = {"train", "test", "dev", "val", "valid", "validation", "eval", "ood", "labeled", "unlabeled"}
+
+
+def _labels(paths: Sequence[Path]) -> list[str]:
+    """A short unique label per data file: its stem, or parent/stem for a split name or a shared stem."""
+    stems = [p.stem for p in paths]
+    labels = [p.stem if stems.count(p.stem) == 1 and p.stem.lower() not in _SPLIT_NAMES
+              else f"{p.parent.name}/{p.stem}" for p in paths]
+    for label in labels:
+        if labels.count(label) > 1:
+            raise ConfigError(f"data file {label!r} is given twice")
+    return labels
+
+
+def _run_name(label: str, calculator: bool) -> str:
+    return label if calculator else f"{label} (no calculator)"
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+def _columns(results: Sequence[Mapping[str, Any]]) -> list[tuple[str, Callable[[Mapping[str, Any]], str]]]:
+    """(header, cell) pairs: fixed columns, then the metric columns any result has, in a stable order."""
+    def pct(key: str) -> Callable[[Mapping[str, Any]], str]:
+        return lambda r: f"{100 * r['metrics'][key]:.1f}" if key in r["metrics"] else "-"
+
+    def items(r: Mapping[str, Any]) -> str:
+        done = r["metrics"].get("items", r["metrics"].get("questions", 0))
+        total = r["data"]["evaluated"]
+        return str(total) if done == total else f"{done}/{total}"
+
+    columns: list[tuple[str, Callable[[Mapping[str, Any]], str]]] = [
+        ("data", lambda r: r["name"].removesuffix(" (no calculator)")),
+        ("calculator", lambda r: "on" if r["config"]["calculator"] else "off"),
+        ("items", items),
+        ("skipped", lambda r: str(r["data"]["skipped"])),
+    ]
+    keys = {key for r in results for key in r["metrics"]}
+    if "greedy_strict" in keys:
+        columns += [("greedy strict", pct("greedy_strict")), ("greedy flexible", pct("greedy_flexible"))]
+    ks = sorted({int(key[5:]) for key in keys if key.startswith("pass@") and not key.endswith("_strict")})
+    columns += [(f"pass@{k}", pct(f"pass@{k}")) for k in ks]
+    columns += [(f"maj@{k}", pct(f"maj@{k}")) for k in ks]
+    return columns
+
+
+def markdown_table(results: Sequence[Mapping[str, Any]]) -> str:
+    """A GitHub Markdown table of the results (accuracies in percent), ready for a README."""
+    columns = _columns(results)
+    lines = ["| " + " | ".join(h for h, _ in columns) + " |",
+             "|" + "|".join(":---" if i < 2 else "---:" for i in range(len(columns))) + "|"]
+    lines += ["| " + " | ".join(cell(r) for _, cell in columns) + " |" for r in results]
+    return "\n".join(lines) + "\n"
+
+
+def terminal_table(results: Sequence[Mapping[str, Any]]) -> str:
+    """The same table as aligned plain text for a terminal."""
+    columns = _columns(results)
+    rows = [[h for h, _ in columns]] + [[cell(r) for _, cell in columns] for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
+    lines = ["  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines) + "\n"
+
+
+def format_throughput(result: Mapping[str, Any]) -> str:
+    """`gsm8k: 1319 items in 6.1 s decoding, 216.2 items/s, 1730 tokens/s (n=0, 300 max new tokens)`."""
+    t, config = result["throughput"], result["config"]
+    return (f"{result['name']}: {t['decoded_items']} items in {t['decode_seconds']:.1f} s decoding, "
+            f"{t['items_per_s']:.1f} items/s, {t['tokens_per_s']:.0f} tokens/s "
+            f"(greedy {'on' if config['greedy'] else 'off'}, n={config['n']}, "
+            f"{config['max_new_tokens']} max new tokens)")
+
+
+def format_skipped(result: Mapping[str, Any], show: int = 5) -> str | None:
+    """One line per skipped item (the first `show`), or None when the loader skipped nothing."""
+    data = result["data"]
+    if not data["skipped"]:
+        return None
+    lines = [f"{result['name']}: {data['skipped']} item(s) skipped by the loader:"]
+    lines += [f"  {reason}" for reason in data["skipped_reasons"][:show]]
+    if data["skipped"] > show:
+        lines.append(f"  ... and {data['skipped'] - show} more (see eval.json)")
+    return "\n".join(lines)
+
+
+def markdown_report(results: Sequence[Mapping[str, Any]]) -> str:
+    """eval.md: the table, the settings it was made with, and the items the loaders skipped."""
+    models = sorted({v for r in results for v in r.get("model_versions", [])})
+    settings = sorted({_settings(r["config"]) for r in results})
+    lines = ["# Evaluation", "", f"Model: {', '.join(models) or '-'}. Settings: {'; '.join(settings)}.",
+             "Accuracies in percent. Greedy strict reads only the `#### N` answer, flexible falls back to the last "
+             "number; pass@k (unbiased) and maj@k use flexible extraction.", "",
+             markdown_table(results).rstrip("\n")]
+    partial = [r["name"] for r in results if not r.get("complete")]
+    if partial:
+        lines += ["", f"Partial (interrupted) runs: {', '.join(partial)}."]
+    skipped = [line for r in results if (line := format_skipped(r))]
+    if skipped:
+        lines += ["", "```", *skipped, "```"]
+    return "\n".join(lines) + "\n"
+
+
+def _settings(config: Mapping[str, Any]) -> str:
+    text = f"max {config['max_new_tokens']} new tokens"
+    if config["n"]:
+        text += f", n={config['n']} samples at T={format_answer(config['temperature'])} (seed {config['seed']})"
+    return text
