@@ -6,7 +6,7 @@ Single process, no Ray, no DeepSpeed: TRL's `SFTTrainer` with the production arg
 cosine, 3% warm-up, AdamW wd 0.01, clip 1.0). Production trains on 2 data-parallel workers, so `--batch` here
 is the GLOBAL batch (2 x the production per-device batch). Keep it to one thread per the machine's rules:
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/calibrate.py --preset small --steps 400 --json out.json
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/calibrate.py --preset small --steps 300 --lr 2e-3 --batch 32 --json out.json
 """
 
 from __future__ import annotations
@@ -116,17 +116,17 @@ def token_lengths(model_dir: Path, problems: Sequence[Problem]) -> dict[str, flo
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="small", choices=sorted(PRESETS))
-    p.add_argument("--steps", type=int, default=400, help="SFT optimizer steps (warm-up and ST round alike)")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--steps", type=int, default=300, help="SFT optimizer steps (warm-up and ST round alike)")
+    p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--batch", type=int, default=32, help="global batch = 2 x production per-device batch")
-    p.add_argument("--n-unlabeled", type=int, default=1000, help="unlabeled questions sampled in the ST round")
+    p.add_argument("--n-unlabeled", type=int, default=500, help="unlabeled questions sampled in the ST round")
     p.add_argument("--k", type=int, default=4, help="samples per unlabeled question (T=0.7)")
     p.add_argument("--max-new-tokens", type=int, default=0, help="0: 1.3 x the longest labeled rationale")
-    p.add_argument("--n-test", type=int, default=0, help="test questions evaluated (0: the whole split)")
+    p.add_argument("--n-test", type=int, default=300, help="test questions evaluated (0: the whole split)")
     p.add_argument("--decode-batch", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-st", action="store_true", help="stop after the warm-up evaluation")
-    p.add_argument("--task", default="{}", help="JSON overrides of SyntheticTaskConfig fields")
+    p.add_argument("--task", default='{"max_steps": 3}', help="JSON overrides of SyntheticTaskConfig fields")
     p.add_argument("--shape", default="{}", help="JSON overrides of the preset's ModelPreset fields (probing only)")
     p.add_argument("--workdir", default="", help="where task/models go (default: a temp dir)")
     p.add_argument("--json", default="", help="write the results here")

@@ -46,8 +46,12 @@ def self_training(config: RunConfig, run: RunDir, progress: "Progress") -> dict[
                 f"it{t}-dpo-samples", progress.update), log)
             pairs = stage(run, f"it{t}-pairs", lambda: stages.preference_pairs(
                 config, run, samples["path"], f"it{t}-pairs"), log)
-            fd = {"version": f"dpo-{t}", **stage(run, f"dpo-{t}", lambda: stages.train(
-                config, run, "dpo", f"dpo-{t}", f["checkpoint"], pairs["path"]), log)}
+            if pairs["pairs"]:
+                fd = {"version": f"dpo-{t}", **stage(run, f"dpo-{t}", lambda: stages.train(
+                    config, run, "dpo", f"dpo-{t}", f["checkpoint"], pairs["path"]), log)}
+            else:  # no question had both a right and a wrong sample: nothing to prefer
+                log(f"[dpo-{t}] skipped: no preference pairs; sampling from {f['version']} instead")
+                fd = f
         else:
             fd = f
         samples = stage(run, f"it{t}-sft-samples", lambda: stages.sample(

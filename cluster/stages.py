@@ -193,7 +193,7 @@ def train(config: RunConfig, run: RunDir, kind: str, version: str, model_path: s
     result = (train_sft if kind == "sft" else train_dpo)(stage_config)  # type: ignore[arg-type]
     m = result.metrics
     summary = {"global_step": m["global_step"], "first_loss": m["first_loss"], "final_loss": m["final_loss"],
-               "resumed_from_step": m["resumed_from_step"]}
+               "resumed_from_step": m["resumed_from_step"], "rank0_node_id": m.get("node_id")}
     if kind == "dpo":
         logs = [h for h in m["log_history"] if "rewards/margins" in h]
         if logs:

@@ -20,7 +20,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.config import ServingConfig
-from trainers.answers import answers_match, extract_answer, format_answer
+from trainers.answers import answers_match, cut_after_answer, extract_answer, format_answer
 from trainers.metrics import majority_vote
 from trainers.prompting import format_prompt
 
@@ -105,7 +105,7 @@ class SolverAPI:
                  "max_new_tokens": self.limits.max_new_tokens, "calculator": body.calculator, "seed": seed + k}
                 for k in range(n)]
         result = await self.sampler.generate.remote(rows)
-        texts = [o["text"] for o in result["outputs"]]
+        texts = [cut_after_answer(o["text"]) for o in result["outputs"]]
         answers = [extract_answer(t) for t in texts]
         winner, votes = majority_vote(answers)
         rationale = next((t for t, a in zip(texts, answers) if winner is not None and answers_match(a, winner)),

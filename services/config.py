@@ -74,6 +74,8 @@ class ServingConfig:
         max_question_chars: longer questions get HTTP 422.
         max_n: most samples one request may ask for.
         max_new_tokens: cap on generated tokens per sample.
+        retry_after_s: when the solver's queue (`solver.max_queued_requests`) is full, Serve answers 503 with
+            this `Retry-After` instead of queueing without bound.
     """
 
     rollout: PoolConfig = field(default_factory=PoolConfig)
@@ -83,6 +85,7 @@ class ServingConfig:
     max_question_chars: int = 2000
     max_n: int = 32
     max_new_tokens: int = 300
+    retry_after_s: float = 1.0
 
     def pool(self, name: str) -> PoolConfig:
         if name not in POOLS:

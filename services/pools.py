@@ -31,8 +31,10 @@ def build_app(pool: str, config: ServingConfig):
     limits = {k: v for k, v in asdict(config).items() if k not in POOLS}
     # the ingress only parses JSON and awaits the sampler: it must not hold a CPU that training needs
     return SolverAPI.options(ray_actor_options={"num_cpus": 0},
-                             max_ongoing_requests=config.solver.max_ongoing_requests * 4,
-                             max_queued_requests=config.solver.max_queued_requests).bind(sampler, limits)
+                             max_ongoing_requests=config.solver.max_ongoing_requests,
+                             max_queued_requests=config.solver.max_queued_requests,
+                             backpressure_config={"status_code": 503, "retry_after_s": config.retry_after_s},
+                             ).bind(sampler, limits)
 
 
 def start_serve(config: ServingConfig) -> None:

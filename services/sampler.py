@@ -99,7 +99,7 @@ class Sampler:
         return out
 
     def info(self) -> dict[str, Any]:
-        return {"pool": self.pool, "replica_id": self.replica_id,
+        return {"pool": self.pool, "replica_id": self.replica_id, "node_id": ray.get_runtime_context().get_node_id(),
                 "model_version": self.policy.version if self.policy else None,
                 "checkpoint": self.policy.checkpoint if self.policy else None, "error": self.error}
 

@@ -89,6 +89,24 @@ def extract_answer(text: str, mode: Literal["strict", "flexible"] = "flexible") 
     return _last_number(text)
 
 
+_FINAL = re.compile(r"####[ \t]*" + _NUMBER)
+
+
+def final_answer_end(text: str) -> int | None:
+    """Where the first `#### N` ends, once N is certainly complete (whitespace follows it), else None.
+    Decoding stops a row there, and a pseudo-label is cut there, so nothing after the answer is learnt."""
+    match = _FINAL.search(text)
+    if match is None or match.end() >= len(text) or not text[match.end()].isspace():
+        return None
+    return match.end()
+
+
+def cut_after_answer(text: str) -> str:
+    """The rationale up to and including its first complete `#### N` (unchanged if it has none)."""
+    end = final_answer_end(text + "\n")
+    return text[:end] if end is not None else text
+
+
 def answers_match(pred: float | None, gold: float, tol: float = 1e-4) -> bool:
     """True when pred is within tol of gold, absolute below 1 and relative above (None never matches)."""
     if pred is None:

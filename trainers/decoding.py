@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase,
+                          StoppingCriteria, StoppingCriteriaList)
 
+from trainers.answers import final_answer_end
 from trainers.calculator import CalculatorError, calculate, pending_expression
 
 
@@ -110,17 +112,46 @@ class CalculatorProcessor(LogitsProcessor):
         self.overrides[row].append({"expr": expr, "result": result})
 
 
-_EQ_CACHE: dict[int, torch.Tensor] = {}
+class FinalAnswerStop(StoppingCriteria):
+    """Ends a row once it has written a complete `#### N`: whatever a model writes after its answer is
+    noise (often a made-up next question) that would cost time and pollute pseudo-labels."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_width: int, rows: int) -> None:
+        self.tokenizer = tokenizer
+        self.prompt_width = prompt_width
+        self.hash_ids = token_ids_where(tokenizer, lambda t: "#" in t)
+        self.space_ids = token_ids_where(tokenizer, lambda t: any(c.isspace() for c in t))
+        self.seen_marker = torch.zeros(rows, dtype=torch.bool)
+        self.done = torch.zeros(rows, dtype=torch.bool)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        if input_ids.shape[1] <= self.prompt_width:
+            return self.done.clone()
+        last = input_ids[:, -1]
+        self.seen_marker |= torch.isin(last, self.hash_ids)
+        check = self.seen_marker & ~self.done & torch.isin(last, self.space_ids)
+        for row in check.nonzero().flatten().tolist():
+            text = self.tokenizer.decode(input_ids[row, self.prompt_width:], skip_special_tokens=True)
+            if final_answer_end(text) is not None:
+                self.done[row] = True
+        return self.done.clone()
+
+
+_TOKEN_SETS: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def token_ids_where(tokenizer: PreTrainedTokenizerBase, predicate, key: str | None = None) -> torch.Tensor:
+    """Ids of the tokens whose text satisfies `predicate` (cached per tokenizer and predicate)."""
+    cache_key = (id(tokenizer), key or predicate.__code__.co_code.hex())
+    if cache_key not in _TOKEN_SETS:
+        ids = [i for i in tokenizer.get_vocab().values() if predicate(tokenizer.decode([i]))]
+        _TOKEN_SETS[cache_key] = torch.tensor(sorted(ids), dtype=torch.long)
+    return _TOKEN_SETS[cache_key]
 
 
 def equals_token_ids(tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
     """Ids of every token whose text ends in '=': only after one of these can a row need the calculator."""
-    key = id(tokenizer)
-    if key not in _EQ_CACHE:
-        vocab = tokenizer.get_vocab()
-        ids = [i for i in vocab.values() if tokenizer.decode([i]).endswith("=")]
-        _EQ_CACHE[key] = torch.tensor(sorted(ids), dtype=torch.long)
-    return _EQ_CACHE[key]
+    return token_ids_where(tokenizer, lambda t: t.endswith("="), key="ends-with-equals")
 
 
 @torch.inference_mode()
@@ -136,14 +167,18 @@ def decode_batch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     calc = CalculatorProcessor(tokenizer, requests, width)
     out = model.generate(
         **enc, do_sample=False, max_new_tokens=max(r.max_new_tokens for r in requests),
-        logits_processor=LogitsProcessorList([sampler, calc]), pad_token_id=tokenizer.pad_token_id,
+        logits_processor=LogitsProcessorList([sampler, calc]),
+        stopping_criteria=StoppingCriteriaList([FinalAnswerStop(tokenizer, width, len(requests))]),
+        pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id, temperature=None, top_p=None, top_k=None,
     )
     results = []
+    ends = {tokenizer.eos_token_id, tokenizer.pad_token_id}  # pad follows a row stopped at its answer
     for row, req in enumerate(requests):
         ids = out[row, width:].tolist()
-        stopped = tokenizer.eos_token_id in ids
-        ids = ids[: ids.index(tokenizer.eos_token_id)] if stopped else ids
+        end = next((i for i, t in enumerate(ids) if t in ends), None)
+        stopped = end is not None or final_answer_end(tokenizer.decode(ids, skip_special_tokens=True)) is not None
+        ids = ids[:end] if end is not None else ids
         results.append(Decoded(
             text=tokenizer.decode(ids, skip_special_tokens=True).strip(), num_tokens=len(ids),
             finish_reason="stop" if stopped else "length", calculator_overrides=calc.overrides[row]))

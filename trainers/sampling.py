@@ -10,7 +10,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from trainers.answers import answers_match, extract_answer
+from trainers.answers import answers_match, cut_after_answer, extract_answer
 from trainers.data import Problem
 from trainers.decoding import Decoded, DecodeRequest
 from trainers.prompting import format_prompt
@@ -51,11 +51,12 @@ def to_records(problems: Sequence[Problem], params: SamplingParams, decoded: Seq
     records = []
     for i, d in enumerate(decoded):
         problem, k = problems[i // params.n], i % params.n
-        answer = extract_answer(d.text, mode="flexible")
-        strict = extract_answer(d.text, mode="strict")
+        text = cut_after_answer(d.text)  # a pseudo-label must not teach what comes after the answer
+        answer = extract_answer(text, mode="flexible")
+        strict = extract_answer(text, mode="strict")
         records.append({
             "question_id": problem.id, "question": problem.question, "prompt": format_prompt(problem.question),
-            "completion": d.text, "answer": answer, "strict_answer": strict, "gold": problem.answer,
+            "completion": text, "answer": answer, "strict_answer": strict, "gold": problem.answer,
             # training labels need a well-formed `#### N`, so `correct` is the strict match
             "correct": answers_match(strict, problem.answer),
             "correct_flexible": answers_match(answer, problem.answer),

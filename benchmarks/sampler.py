@@ -1,0 +1,411 @@
+"""Sampler benchmark: calculator-aware batched decoding in-process, over HTTP on Ray Serve, and hot swaps.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sampler.py                      # the real measurement
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sampler.py --checkpoint runs/demo/checkpoints/sft-1
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sampler.py --quick              # smoke run, < 90 s
+
+Model: `--checkpoint PATH` (any HF folder the project trained, e.g. a demo run's SFT checkpoint), or else a
+from-scratch `small` model (`tiny` with --quick) SFT-trained briefly in this process with TRL's SFTTrainer
+(no Ray) on the synthetic labeled split, so that it writes `<<expr=value>>` annotations. Prompts are the
+synthetic test questions. Everything runs with one torch thread per process.
+
+What is measured, and how to read it:
+
+1. Decoding (the paper's Fig. 4). `trainers.decoding.decode_all` (one `decode_batch` / `generate` call per
+   chunk of `batch` rows, the code path every pool replica runs) on the SAME prompts, greedy, with the same fixed
+   `max_new_tokens`, at batch 1, 8, 16, 32, with and without the calculator. tokens/s = generated tokens
+   (up to and excluding EOS, summed over rows) / wall time; the median over `--repeats` interleaved repeats.
+   `ratio` is each cell over batch-1-with-calculator. `calculator overhead` = (tokens/s without - with) /
+   tokens/s without, at the largest batch; `overrides` = how many `<<expr=` results the calculator forced.
+   Without the calculator the model writes its own results, so its texts (and token counts) differ a little;
+   tokens/s stays comparable. `batch-invariant` says whether every prompt decoded to the same text at this
+   batch size as at batch 1 (a correctness check, not a speed number).
+   Targets (issue 3): calculator overhead <= 10% at batch 32; batch 32 >= 15x batch 1 (with calculator).
+
+2. HTTP. Ray + Serve on a free port, the `solver` pool (`--replicas`, 1 by default: on a 2-core machine more
+   replicas than cores gives no speed-up) on the checkpoint, FastAPI ingress. `POST /v1/solve` greedy with the
+   same questions; the same total number of requests sent by 1 sequential client and by 32 concurrent clients
+   (httpx async). answers/s = successful answers / wall time; p50/p99 = per-request latency. Concurrent requests
+   are grouped by `@serve.batch` into one batched decode, which is where the speed-up comes from.
+   Target: 32 clients >= 8x one client in answers/s.
+
+3. Hot swap, repeated `--swaps` times: `services.pools.swap(pool, version, checkpoint)` alternating between the
+   checkpoint and a byte-identical copy (same load cost, new version name). `swap_s` = from the call until it
+   returns, i.e. until every replica reports serving the new version to the registry; `first_http_s` = from the
+   call until a probe client (back-to-back `POST /v1/completions` with max_tokens=1) first gets an answer whose
+   `model` is the new version; `stale_after_return` = answers with the old version among a few requests sent
+   after `swap()` returned (should be 0); `failed` = probe requests that did not return 200 (should be 0).
+
+Start-up times (ray.init, serve.start, deploying the pool) are reported separately and are not part of any rate.
+Machine info (cores, torch threads, load average, versions) goes into the JSON next to every raw number.
+--quick numbers are smoke-test numbers (tiny model, few prompts, loaded machine): they check the script runs,
+they are not the measurement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import (PhaseTimer, Stopwatch, base_parser, build_base, build_task,  # noqa: E402
+                               count_parameters, free_port, machine_info, median, percentile, print_table,
+                               print_targets, results_path, setup_env, sft_in_process, target, task_config,
+                               workdir, write_json)
+
+setup_env()
+
+NAME = "sampler"
+
+
+def parse_args(argv: Sequence[str] | None = None):
+    p = base_parser(__doc__)
+    p.add_argument("--checkpoint", default="", help="an existing trained HF folder (skips the in-process SFT)")
+    p.add_argument("--preset", default=None, help="model preset when training one (default small; tiny --quick)")
+    p.add_argument("--sft-steps", type=int, default=None, help="in-process SFT steps (default 300; 60 --quick)")
+    p.add_argument("--sft-batch", type=int, default=16)
+    p.add_argument("--sft-lr", type=float, default=2e-3)
+    p.add_argument("--prompts", type=int, default=None, help="test questions decoded per cell (default 64; 16)")
+    p.add_argument("--batch-sizes", default="1,8,16,32")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="fixed generation budget (default 128; 48)")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats per decode cell (default 3; 1)")
+    p.add_argument("--requests", type=int, default=None, help="HTTP requests per client mode (default 128; 32)")
+    p.add_argument("--clients", type=int, default=32, help="concurrent HTTP clients")
+    p.add_argument("--replicas", type=int, default=1, help="solver pool replicas")
+    p.add_argument("--swaps", type=int, default=3)
+    p.add_argument("--skip-http", action="store_true", help="only the in-process decoding section")
+    args = p.parse_args(argv)
+    quick = args.quick
+    defaults = {"preset": "tiny" if quick else "small", "sft_steps": 60 if quick else 300,
+                "prompts": 16 if quick else 64, "max_new_tokens": 48 if quick else 128,
+                "repeats": 1 if quick else 3, "requests": 32 if quick else 128}
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.batch_sizes = [int(b) for b in str(args.batch_sizes).split(",") if b.strip()]
+    return args
+
+
+# ---------------------------------------------------------------------------------------------- 1. decoding
+
+def decode_section(model: Any, tokenizer: Any, problems: Sequence[Any], batch_sizes: Sequence[int],
+                   max_new_tokens: int, repeats: int) -> dict[str, Any]:
+    """tokens/s per (batch size, calculator on/off); repeats are interleaved so load drift hits every cell."""
+    from trainers.decoding import DecodeRequest, decode_all
+    from trainers.sampling import SamplingParams, make_requests
+
+    requests = {calc: make_requests(problems, SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens,
+                                                             calculator=calc))
+                for calc in (True, False)}
+    decode_all(model, tokenizer, [DecodeRequest(prompt=requests[True][0].prompt, max_new_tokens=8)] * 2, 2)  # warm-up
+
+    cells: dict[tuple[int, bool], dict[str, Any]] = {
+        (b, calc): {"batch_size": b, "calculator": calc, "runs": []} for b in batch_sizes for calc in (True, False)}
+    texts: dict[tuple[int, bool], list[str]] = {}
+    for repeat in range(repeats):
+        for b in batch_sizes:
+            for calc in (True, False):
+                with Stopwatch() as sw:
+                    decoded = decode_all(model, tokenizer, requests[calc], batch_size=b)
+                tokens = sum(d.num_tokens for d in decoded)
+                cell = cells[(b, calc)]
+                cell["runs"].append({"seconds": round(sw.seconds, 4), "tokens": tokens,
+                                     "tokens_per_s": round(tokens / sw.seconds, 2)})
+                if repeat == 0:
+                    texts[(b, calc)] = [d.text for d in decoded]
+                    cell["calculator_overrides"] = sum(len(d.calculator_overrides) for d in decoded)
+                    cell["rows_with_overrides"] = sum(bool(d.calculator_overrides) for d in decoded)
+                    cell["truncated_rows"] = sum(d.finish_reason == "length" for d in decoded)
+                    cell["mean_tokens_per_row"] = round(tokens / len(decoded), 1)
+                print(f"[decode] repeat {repeat} batch {b:>2} calculator {'on ' if calc else 'off'}: "
+                      f"{tokens} tokens in {sw.seconds:.2f} s = {tokens / sw.seconds:.1f} tokens/s", flush=True)
+
+    smallest = min(batch_sizes)
+    base = median([r["tokens_per_s"] for r in cells[(smallest, True)]["runs"]])
+    for (b, calc), cell in cells.items():
+        cell["tokens_per_s"] = median([r["tokens_per_s"] for r in cell["runs"]])
+        cell["ratio_to_batch1_calc"] = round(cell["tokens_per_s"] / base, 3) if base else None
+        reference = texts.get((smallest, calc))
+        cell["batch_invariant"] = texts[(b, calc)] == reference
+    largest = max(batch_sizes)
+    on, off = cells[(largest, True)]["tokens_per_s"], cells[(largest, False)]["tokens_per_s"]
+    overhead = round(100.0 * (off - on) / off, 2) if off else None
+    rows = [(c["batch_size"], "on" if c["calculator"] else "off", c["tokens_per_s"], c["ratio_to_batch1_calc"],
+             c["mean_tokens_per_row"], c["truncated_rows"], c["calculator_overrides"], c["batch_invariant"])
+            for c in sorted(cells.values(), key=lambda c: (c["batch_size"], not c["calculator"]))]
+    print_table(f"decoding: {len(problems)} prompts, greedy, max_new_tokens {max_new_tokens}, "
+                f"median of {repeats} (ratio = / batch {smallest} with calculator)",
+                ("batch", "calculator", "tokens/s", "ratio", "tokens/row", "truncated", "overrides",
+                 "batch-invariant"), rows)
+    print(f"calculator overhead at batch {largest}: {overhead}%  "
+          f"(tokens/s {on} with vs {off} without)", flush=True)
+    return {"prompts": len(problems), "max_new_tokens": max_new_tokens, "repeats": repeats,
+            "cells": list(cells.values()), "largest_batch": largest, "calculator_overhead_pct": overhead,
+            "speedup_largest_vs_batch1": cells[(largest, True)]["ratio_to_batch1_calc"],
+            "calculator_overrides": cells[(largest, True)]["calculator_overrides"]}
+
+
+# ---------------------------------------------------------------------------------------------- 2. HTTP
+
+async def _load(url: str, questions: Sequence[str], n_requests: int, concurrency: int) -> dict[str, Any]:
+    """`n_requests` POST /v1/solve calls spread over `concurrency` clients that each send back to back."""
+    import httpx
+
+    todo = iter(range(n_requests))
+    latencies: list[float] = []
+    failures: list[str] = []
+    versions: dict[str, int] = {}
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
+
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
+        async def worker() -> None:
+            for i in todo:
+                body = {"question": questions[i % len(questions)], "strategy": "greedy"}
+                start = time.perf_counter()
+                try:
+                    response = await client.post("/v1/solve", json=body)
+                except httpx.HTTPError as exc:
+                    failures.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                elapsed = time.perf_counter() - start
+                if response.status_code != 200:
+                    failures.append(f"HTTP {response.status_code}: {response.text[:200]}")
+                    continue
+                latencies.append(elapsed)
+                version = response.json().get("model_version")
+                versions[version] = versions.get(version, 0) + 1
+
+        with Stopwatch() as sw:
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return {"clients": concurrency, "requests": n_requests, "ok": len(latencies), "failed": len(failures),
+            "failures_sample": failures[:3], "seconds": round(sw.seconds, 3),
+            "answers_per_s": round(len(latencies) / sw.seconds, 3),
+            "latency_p50_s": _round(percentile(latencies, 50)), "latency_p99_s": _round(percentile(latencies, 99)),
+            "latency_mean_s": _round(sum(latencies) / len(latencies) if latencies else None),
+            "model_versions": versions}
+
+
+def _round(value: float | None, digits: int = 4) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def http_section(url: str, questions: Sequence[str], n_requests: int, clients: int) -> dict[str, Any]:
+    asyncio.run(_load(url, questions, min(clients, n_requests), min(clients, n_requests)))  # warm-up burst
+    sequential = asyncio.run(_load(url, questions, n_requests, 1))
+    concurrent = asyncio.run(_load(url, questions, n_requests, clients))
+    speedup = (round(concurrent["answers_per_s"] / sequential["answers_per_s"], 2)
+               if sequential["answers_per_s"] else None)
+    rows = [(f"{r['clients']} client{'s' if r['clients'] > 1 else ''}", r["requests"], r["ok"], r["failed"],
+             r["answers_per_s"], r["latency_p50_s"], r["latency_p99_s"], r["seconds"])
+            for r in (sequential, concurrent)]
+    print_table(f"HTTP POST /v1/solve (greedy), {n_requests} requests per mode",
+                ("mode", "requests", "ok", "failed", "answers/s", "p50 s", "p99 s", "wall s"), rows)
+    print(f"{clients} clients vs 1: {speedup}x answers/s", flush=True)
+    return {"sequential": sequential, "concurrent": concurrent, "speedup": speedup}
+
+
+# ---------------------------------------------------------------------------------------------- 3. hot swap
+
+class _Probe(threading.Thread):
+    """Back-to-back 1-token completions until one reports `version` (or `stop` is set / the deadline passes)."""
+
+    def __init__(self, url: str, prompt: str, version: str, t0_box: list[float], deadline_s: float = 120) -> None:
+        super().__init__(daemon=True)
+        self.url, self.prompt, self.version, self.t0_box, self.deadline_s = url, prompt, version, t0_box, deadline_s
+        self.first_seen: float | None = None
+        self.requests = 0
+        self.failed = 0
+        self.old_version_answers = 0
+        self.stop = threading.Event()
+        self.ready = threading.Event()
+
+    def run(self) -> None:
+        import httpx
+
+        body = {"prompt": self.prompt, "max_tokens": 1, "temperature": 0}
+        with httpx.Client(base_url=self.url, timeout=60) as client:
+            client.get("/healthz")  # open the connection before the clock starts
+            self.ready.set()
+            end = time.perf_counter() + self.deadline_s
+            while not self.stop.is_set() and time.perf_counter() < end:
+                sent = time.perf_counter()
+                try:
+                    response = client.post("/v1/completions", json=body)
+                except httpx.HTTPError:
+                    self.failed += 1
+                    continue
+                self.requests += 1
+                if response.status_code != 200:
+                    self.failed += 1
+                    continue
+                if response.json().get("model") == self.version:
+                    if self.t0_box and sent >= self.t0_box[0]:  # an answer to a request sent after swap() began
+                        self.first_seen = time.perf_counter()
+                        return
+                else:
+                    self.old_version_answers += 1
+
+
+def swap_section(url: str, checkpoints: Sequence[Path], prompt: str, swaps: int) -> dict[str, Any]:
+    import httpx
+
+    from services.pools import swap
+
+    results = []
+    for i in range(swaps):
+        version = f"bench-v{i + 2}"
+        checkpoint = checkpoints[(i + 1) % len(checkpoints)]
+        t0_box: list[float] = []
+        probe = _Probe(url, prompt, version, t0_box)
+        probe.start()
+        probe.ready.wait(30)
+        t0 = time.perf_counter()
+        t0_box.append(t0)
+        swap("solver", version, str(checkpoint))
+        swap_s = time.perf_counter() - t0
+        probe.join(timeout=120)
+        probe.stop.set()
+        stale = 0
+        with httpx.Client(base_url=url, timeout=60) as client:
+            for _ in range(5):
+                response = client.post("/v1/completions", json={"prompt": prompt, "max_tokens": 1, "temperature": 0})
+                stale += response.status_code != 200 or response.json().get("model") != version
+        first_http = None if probe.first_seen is None else round(probe.first_seen - t0, 3)
+        results.append({"version": version, "checkpoint": str(checkpoint), "swap_s": round(swap_s, 3),
+                        "first_http_s": first_http, "probe_requests": probe.requests, "failed": probe.failed,
+                        "stale_after_return": stale})
+        print(f"[swap] {version}: swap() returned after {swap_s:.2f} s, first HTTP answer with it after "
+              f"{first_http} s, {probe.requests} probe requests, {probe.failed} failed", flush=True)
+    rows = [(r["version"], r["swap_s"], r["first_http_s"], r["probe_requests"], r["failed"], r["stale_after_return"])
+            for r in results]
+    print_table("hot swap (solver pool)", ("version", "swap() s", "first HTTP answer s", "probe requests",
+                                           "failed", "stale after return"), rows)
+    swap_times = [r["swap_s"] for r in results]
+    http_times = [r["first_http_s"] for r in results if r["first_http_s"] is not None]
+    return {"swaps": results, "swap_s_median": median(swap_times), "swap_s_max": max(swap_times, default=None),
+            "first_http_s_median": median(http_times), "first_http_s_max": max(http_times, default=None)}
+
+
+def serving_sections(args: Any, checkpoint: Path, work: Path, questions: Sequence[str], phases: PhaseTimer
+                     ) -> dict[str, Any]:
+    import httpx
+    import ray
+    from ray import serve
+
+    from services.config import PoolConfig, ServingConfig
+    from services.pools import deploy_pool, start_serve
+    from trainers.prompting import format_prompt
+
+    copy = work / "checkpoint-copy"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(checkpoint, copy)
+    config = ServingConfig(port=free_port(), max_new_tokens=args.max_new_tokens,
+                           solver=PoolConfig(num_replicas=args.replicas))
+    out: dict[str, Any] = {"replicas": args.replicas, "startup_s": {}}
+    with Stopwatch() as sw:
+        # address="local": always a fresh private cluster, never someone else's running one
+        ray.init(address="local", num_cpus=os.cpu_count() or 2, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    out["startup_s"]["ray_init"] = round(sw.seconds, 2)
+    try:
+        with Stopwatch() as sw:
+            start_serve(config)
+        out["startup_s"]["serve_start"] = round(sw.seconds, 2)
+        with Stopwatch() as sw:
+            deploy_pool("solver", config, version="bench-v1", checkpoint=str(checkpoint))
+        out["startup_s"]["deploy_solver_pool"] = round(sw.seconds, 2)
+        url = f"http://127.0.0.1:{config.port}"
+        deadline = time.monotonic() + 60
+        while True:  # the HTTP proxy can lag the deployment by a moment
+            try:
+                if httpx.get(url + "/healthz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url}/healthz did not answer 200 within 60 s")
+            time.sleep(0.2)
+        print_table("serving start-up (not part of any rate)", ("step", "seconds"), list(out["startup_s"].items()))
+        with phases.phase("http"):
+            out["http"] = http_section(url, questions, args.requests, args.clients)
+        with phases.phase("hot_swap"):
+            out["hot_swap"] = swap_section(url, [checkpoint, copy], format_prompt(questions[0]), args.swaps)
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    import torch
+
+    from trainers.checkpoints import load_policy
+    from trainers.data import load_problems
+
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+    phases = PhaseTimer()
+    result: dict[str, Any] = {"benchmark": NAME, "quick": args.quick, "args": vars(args), "machine": machine_info()}
+    with workdir(args.workdir, args.keep, "bench-sampler-") as work:
+        task = task_config(args.quick, args.seed, n_test=max(args.prompts, 64))
+        with phases.phase("build_task"):
+            paths = build_task(work, task)
+        if args.checkpoint:
+            checkpoint = Path(args.checkpoint).resolve()
+            result["model"] = {"checkpoint": str(checkpoint), "trained_here": False}
+        else:
+            with phases.phase("build_model"):
+                base = build_base(work, args.preset, task, args.seed)
+            with phases.phase("sft_in_process"):
+                sft = sft_in_process(base, paths["labeled"], work / "sft", args.sft_steps, args.sft_batch,
+                                     args.sft_lr, args.seed)
+            checkpoint = work / "sft"
+            result["model"] = {"checkpoint": None, "trained_here": True, "preset": args.preset, "sft": sft}
+        result["model"]["parameters"] = count_parameters(checkpoint)
+        problems = list(load_problems(paths["test"]))[: args.prompts]
+        print(f"[bench] model {checkpoint} ({result['model']['parameters']:,} parameters), "
+              f"{len(problems)} prompts", flush=True)
+
+        model, tokenizer = load_policy(checkpoint)
+        with phases.phase("decode"):
+            result["decode"] = decode_section(model, tokenizer, problems, args.batch_sizes, args.max_new_tokens,
+                                              args.repeats)
+        del model
+        if not args.skip_http:
+            result["serving"] = serving_sections(args, checkpoint, work, [p.question for p in problems], phases)
+
+    decode = result["decode"]
+    largest = decode["largest_batch"]
+    targets = {
+        "calculator_overhead": target(decode["calculator_overhead_pct"], 10.0, False,
+                                      f"tokens/s lost to the calculator at batch {largest}, %"),
+        "batch_speedup": target(decode["speedup_largest_vs_batch1"], 15.0, True,
+                                f"tokens/s at batch {largest} / batch 1 (calculator on)"),
+    }
+    if "serving" in result:
+        targets["http_speedup"] = target(result["serving"]["http"]["speedup"], 8.0, True,
+                                         f"answers/s with {args.clients} clients / 1 client")
+    result["targets"] = targets
+    result["phases_s"] = phases.times
+    print_targets(targets)
+    if args.quick:
+        print("\n[bench] --quick: smoke-test numbers (tiny model, few prompts), not the measurement", flush=True)
+    write_json(results_path(NAME + ("-quick" if args.quick else ""), args.out), result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
