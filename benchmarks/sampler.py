@@ -50,7 +50,6 @@ import shutil
 import sys
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -70,9 +69,9 @@ def parse_args(argv: Sequence[str] | None = None):
     p = base_parser(__doc__)
     p.add_argument("--checkpoint", default="", help="an existing trained HF folder (skips the in-process SFT)")
     p.add_argument("--preset", default=None, help="model preset when training one (default small; tiny --quick)")
-    p.add_argument("--sft-steps", type=int, default=None, help="in-process SFT steps (default 300; 60 --quick)")
-    p.add_argument("--sft-batch", type=int, default=16)
-    p.add_argument("--sft-lr", type=float, default=2e-3)
+    p.add_argument("--sft-steps", type=int, default=None, help="in-process SFT steps (default 300; 100 --quick)")
+    p.add_argument("--sft-batch", type=int, default=None, help="SFT batch (default 16; 8 --quick)")
+    p.add_argument("--sft-lr", type=float, default=None, help="SFT learning rate (default 3e-3; 1e-2 --quick)")
     p.add_argument("--prompts", type=int, default=None, help="test questions decoded per cell (default 64; 16)")
     p.add_argument("--batch-sizes", default="1,8,16,32")
     p.add_argument("--max-new-tokens", type=int, default=None, help="fixed generation budget (default 128; 48)")
@@ -84,7 +83,8 @@ def parse_args(argv: Sequence[str] | None = None):
     p.add_argument("--skip-http", action="store_true", help="only the in-process decoding section")
     args = p.parse_args(argv)
     quick = args.quick
-    defaults = {"preset": "tiny" if quick else "small", "sft_steps": 60 if quick else 300,
+    defaults = {"preset": "tiny" if quick else "small", "sft_steps": 100 if quick else 300,
+                "sft_batch": 8 if quick else 16, "sft_lr": 1e-2 if quick else 3e-3,
                 "prompts": 16 if quick else 64, "max_new_tokens": 48 if quick else 128,
                 "repeats": 1 if quick else 3, "requests": 32 if quick else 128}
     for key, value in defaults.items():
@@ -368,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             result["model"] = {"checkpoint": str(checkpoint), "trained_here": False}
         else:
             with phases.phase("build_model"):
-                base = build_base(work, args.preset, task, args.seed)
+                base = build_base(work, args.preset, task, args.seed, n_texts=2000 if args.quick else 5000)
             with phases.phase("sft_in_process"):
                 sft = sft_in_process(base, paths["labeled"], work / "sft", args.sft_steps, args.sft_batch,
                                      args.sft_lr, args.seed)

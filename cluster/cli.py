@@ -32,9 +32,12 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _connect(address: str | None) -> None:
+def connect(address: str | None) -> None:
+    """Join a running Ray cluster (no-op when this process is already connected)."""
     import ray
 
+    if ray.is_initialized():
+        return
     try:
         ray.init(address=address or os.environ.get("RAY_ADDRESS") or "auto", log_to_driver=False,
                  namespace="dpost")
@@ -53,7 +56,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides["name"] = args.name
     config = load_config(args.config, overrides)
     if args.address:
-        _connect(args.address)
+        connect(args.address)
     else:
         ray.init(include_dashboard=False, namespace="dpost",
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}})
@@ -136,7 +139,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.address:
         from services.pools import pool_status
 
-        _connect(args.address)
+        connect(args.address)
         for pool in ("rollout", "solver"):
             st = pool_status(pool)
             print(f"pool {pool}: {st['version']} on {len(st['replicas'])} replica(s)")
@@ -148,7 +151,7 @@ def cmd_scale(args: argparse.Namespace) -> int:
 
     if args.pool not in ("rollout", "solver"):
         raise ConfigError(f"pool must be rollout or solver, got {args.pool!r}")
-    _connect(args.address)
+    connect(args.address)
     scale(args.pool, args.replicas)
     print(f"pool {args.pool}: {args.replicas} replica(s)")
     return 0
@@ -179,7 +182,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     versions = run.manifest["versions"]
     if args.version not in versions:
         raise ConfigError(f"unknown version {args.version!r}; this run has {sorted(versions)}")
-    _connect(args.address)
+    connect(args.address)
     name = run.manifest.get("name", run.root.name)
     swap("solver", model_version(name, args.version), versions[args.version]["path"])
     run.manifest["live"]["solver"] = args.version

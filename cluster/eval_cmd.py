@@ -106,10 +106,10 @@ def _local_decoder(checkpoint: str, batch_size: int) -> tuple[DecodeFn, str]:
 def _live_decoder(address: str | None) -> tuple[DecodeFn, str]:
     from ray import serve
 
-    from cluster.cli import _connect  # imported here: cli.py imports this module
+    from cluster.cli import connect  # imported here: cli.py imports this module
     from services.pools import sample_rows
 
-    _connect(address)
+    connect(address)
     if "rollout" not in serve.status().applications:
         raise ConfigError("the cluster has no rollout pool running; start it (dpost run / submit) or use "
                           "--checkpoint")

@@ -22,7 +22,15 @@ def start_coordinator(config: RunConfig, detached: bool) -> Any:
     from cluster.coordinator import Coordinator
     from services.registry import NAMESPACE
 
-    options: dict[str, Any] = {"name": coordinator_name(config), "namespace": NAMESPACE, "get_if_exists": True}
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    options: dict[str, Any] = {
+        "name": coordinator_name(config), "namespace": NAMESPACE, "get_if_exists": True,
+        # beside the driver (the head node for a submitted job), so losing a worker node does not take the
+        # loop down; soft, so it still starts elsewhere if that node is gone
+        "scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True),
+    }
     if detached:
         options["lifetime"] = "detached"
     return Coordinator.options(**options).remote(config.to_dict())

@@ -57,9 +57,11 @@ def ensure_pools(config: ServingConfig, live: tuple[str, str] | None = None) -> 
     ray.get(get_registry().set_serving_config.remote(asdict(config)))
     if live and ray.get(get_registry().current.remote("solver")) is None:
         publish("solver", *live)
-    running = serve.status().applications
+    existing = serve.status().applications
     for pool in POOLS:
-        if pool not in running or running[pool].status not in ("RUNNING", "DEPLOYING"):
+        # an existing app is left alone even if not RUNNING: after a node loss a replica may be unplaceable
+        # for a while, and redeploying would block on it while the surviving replicas can serve
+        if pool not in existing:
             deploy_pool(pool, config)
 
 

@@ -340,3 +340,19 @@ def test_the_real_gsm8k_test_file_runs_end_to_end_with_a_tiny_model(base_checkpo
     assert run["metrics"]["items"] == 1319 and run["metrics"]["greedy_flexible"] <= 0.05
     assert run["throughput"]["items_per_s"] > 0 and run["throughput"]["tokens_per_s"] > 0
     assert "gsm8k/test: 1319 items in" in out and "items/s" in out
+
+
+@pytest.mark.ray
+def test_live_eval_scores_a_file_on_the_running_rollout_pool(serve_port, sft_result, tmp_path):
+    from cluster.cli import main
+    from services.config import ServingConfig
+    from services.pools import deploy_pool
+
+    deploy_pool("rollout", ServingConfig(port=serve_port), "live-eval", str(sft_result.checkpoint))
+    out = tmp_path / "live"
+    rc = main(["eval", "--live", "--data", str(FIXTURES / "gsm8k.jsonl"), "--max-new-tokens", "16",
+               "--out", str(out)])
+    assert rc == 0
+    doc = json.loads((out / "eval.json").read_text())
+    run = next(iter(doc["runs"].values()))
+    assert len(run["items"]) == len(load_problems(FIXTURES / "gsm8k.jsonl"))

@@ -36,8 +36,9 @@ def solver(serve_port, sft_result):
 
 
 def _replica_pids(pool: str) -> list[int]:
-    return [p.pid for p in psutil.process_iter(["cmdline"])
-            if f"ServeReplica:{pool}:Sampler" in " ".join(p.info["cmdline"] or [])]
+    """Replicas of THIS session's cluster only (descendants of this process), never another cluster's."""
+    return [p.pid for p in psutil.Process().children(recursive=True)
+            if f"ServeReplica:{pool}:Sampler" in " ".join(p.cmdline() or [])]
 
 
 @pytest.mark.ray

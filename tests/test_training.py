@@ -77,12 +77,10 @@ def _registered_checkpoint(storage: Path) -> bool:
 
 
 def _train_worker_pids() -> list[int]:
-    pids = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmd = " ".join(proc.info["cmdline"] or [])
-        if "RayTrainWorker" in cmd:
-            pids.append(proc.pid)
-    return pids
+    """Ray Train workers of THIS test session's cluster (descendants of this process: ray.init's raylet is
+    our child), never another cluster's on the same machine."""
+    return [p.pid for p in psutil.Process().children(recursive=True)
+            if "RayTrainWorker" in " ".join(p.cmdline() or [])]
 
 
 def test_killed_worker_resumes_from_last_checkpoint_not_step_zero(ray_cluster, base_checkpoint, synthetic_dir,

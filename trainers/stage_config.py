@@ -39,6 +39,8 @@ class TrainStageConfig:
         storage_path: Ray Train `storage_path` (a shared filesystem path or a cloud URI on a cluster).
         max_steps: if > 0, overrides `num_train_epochs`.
         per_device_train_batch_size: micro batch per worker; the global batch is this x workers x accumulation.
+        group_by_length: batch examples of similar length together (less padding: rationales vary 3x in
+            length); SFT only.
     """
 
     model_path: str = ""
@@ -64,6 +66,7 @@ class TrainStageConfig:
     logging_steps: int = 10
     storage_path: str = ""
     run_name: str = ""
+    group_by_length: bool = True
 
     def validate(self) -> None:
         """Fail before any worker starts, with one clear message."""

@@ -86,13 +86,14 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
 
             deepspeed.init_distributed(dist_backend="gloo")
 
-    trainer = _build_trainer(kind, config)
+    trainer = build_trainer(kind, config)
     resumed_from = _train_resuming(trainer)
     _save_final(trainer, config, resumed_from)
 
 
-def _build_trainer(kind: str, config: TrainStageConfig):
-    from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
+def build_trainer(kind: str, config: TrainStageConfig, ray_train: bool = True):
+    """The TRL trainer a worker runs. `ray_train=False` gives the same trainer for one plain process (no Ray
+    callbacks; set `zero_stage=0` for no DeepSpeed): the baseline benchmarks compare against."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(config.model_path)
@@ -113,6 +114,7 @@ def _build_trainer(kind: str, config: TrainStageConfig):
         if config.zero_stage > 0 else None,
         save_strategy="steps", save_steps=config.save_steps, save_total_limit=1, logging_steps=config.logging_steps,
         report_to="none", disable_tqdm=True, dataloader_num_workers=0,
+        train_sampling_strategy="group_by_length" if kind == "sft" and config.group_by_length else "random",
     )
     if kind == "sft":
         from trl import SFTConfig, SFTTrainer
@@ -129,8 +131,12 @@ def _build_trainer(kind: str, config: TrainStageConfig):
                          precompute_ref_log_probs=config.precompute_ref_log_probs)
         trainer = DPOTrainer(model=model, ref_model=None, args=args,
                              train_dataset=_dpo_dataset(config.data_path), processing_class=tokenizer)
-    trainer.add_callback(RayTrainReportCallback())
     trainer.add_callback(_ProgressCallback(kind))
+    if not ray_train:
+        return trainer
+    from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
+
+    trainer.add_callback(RayTrainReportCallback())
     return prepare_trainer(trainer)
 
 
