@@ -14,7 +14,8 @@ What is measured, and how to read it:
 1. Decoding (the paper's Fig. 4). `trainers.decoding.decode_all` (one `decode_batch` / `generate` call per
    chunk of `batch` rows, the code path every pool replica runs) on the SAME prompts, greedy, with the same fixed
    `max_new_tokens`, at batch 1, 8, 16, 32, with and without the calculator. tokens/s = generated tokens
-   (up to and excluding EOS, summed over rows) / wall time; the median over `--repeats` interleaved repeats.
+   (up to and excluding EOS, summed over rows) / wall time; a cell makes whole passes over the prompts until it
+   has run `--min-cell-s`; the median over `--repeats` interleaved repeats.
    `ratio` is each cell over batch-1-with-calculator. `calculator overhead` = (tokens/s without - with) /
    tokens/s without, at the largest batch; `overrides` = how many `<<expr=` results the calculator forced.
    Without the calculator the model writes its own results, so its texts (and token counts) differ a little;
@@ -72,10 +73,13 @@ def parse_args(argv: Sequence[str] | None = None):
     p.add_argument("--sft-steps", type=int, default=None, help="in-process SFT steps (default 300; 100 --quick)")
     p.add_argument("--sft-batch", type=int, default=None, help="SFT batch (default 16; 8 --quick)")
     p.add_argument("--sft-lr", type=float, default=None, help="SFT learning rate (default 3e-3; 1e-2 --quick)")
-    p.add_argument("--prompts", type=int, default=None, help="test questions decoded per cell (default 64; 16)")
+    p.add_argument("--prompts", type=int, default=None, help="test questions decoded per cell (default 64; 32 --quick)")
     p.add_argument("--batch-sizes", default="1,8,16,32")
     p.add_argument("--max-new-tokens", type=int, default=None, help="fixed generation budget (default 128; 48)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per decode cell (default 3; 1)")
+    p.add_argument("--min-cell-s", type=float, default=None,
+                   help="each timed decode cell repeats whole passes over the prompts until it has run this long "
+                        "(default 3; 0 --quick), so fast cells are not timed on a few hundred milliseconds")
     p.add_argument("--requests", type=int, default=None, help="HTTP requests per client mode (default 128; 32)")
     p.add_argument("--clients", type=int, default=32, help="concurrent HTTP clients")
     p.add_argument("--replicas", type=int, default=1, help="solver pool replicas")
@@ -85,8 +89,8 @@ def parse_args(argv: Sequence[str] | None = None):
     quick = args.quick
     defaults = {"preset": "tiny" if quick else "small", "sft_steps": 100 if quick else 300,
                 "sft_batch": 8 if quick else 16, "sft_lr": 1e-2 if quick else 3e-3,
-                "prompts": 16 if quick else 64, "max_new_tokens": 48 if quick else 128,
-                "repeats": 1 if quick else 3, "requests": 32 if quick else 128}
+                "prompts": 32 if quick else 64, "max_new_tokens": 48 if quick else 128,
+                "repeats": 1 if quick else 3, "requests": 32 if quick else 128, "min_cell_s": 0.0 if quick else 3.0}
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -97,7 +101,7 @@ def parse_args(argv: Sequence[str] | None = None):
 # ---------------------------------------------------------------------------------------------- 1. decoding
 
 def decode_section(model: Any, tokenizer: Any, problems: Sequence[Any], batch_sizes: Sequence[int],
-                   max_new_tokens: int, repeats: int) -> dict[str, Any]:
+                   max_new_tokens: int, repeats: int, min_cell_s: float) -> dict[str, Any]:
     """tokens/s per (batch size, calculator on/off); repeats are interleaved so load drift hits every cell."""
     from trainers.decoding import DecodeRequest, decode_all
     from trainers.sampling import SamplingParams, make_requests
@@ -108,25 +112,32 @@ def decode_section(model: Any, tokenizer: Any, problems: Sequence[Any], batch_si
     decode_all(model, tokenizer, [DecodeRequest(prompt=requests[True][0].prompt, max_new_tokens=8)] * 2, 2)  # warm-up
 
     cells: dict[tuple[int, bool], dict[str, Any]] = {
-        (b, calc): {"batch_size": b, "calculator": calc, "runs": []} for b in batch_sizes for calc in (True, False)}
+        (b, calc): {"batch_size": b, "rows_per_call": min(b, len(problems)), "calculator": calc, "runs": []}
+        for b in batch_sizes for calc in (True, False)}
     texts: dict[tuple[int, bool], list[str]] = {}
     for repeat in range(repeats):
         for b in batch_sizes:
             for calc in (True, False):
+                passes, tokens = 0, 0
                 with Stopwatch() as sw:
-                    decoded = decode_all(model, tokenizer, requests[calc], batch_size=b)
-                tokens = sum(d.num_tokens for d in decoded)
+                    while True:  # whole passes over the prompts until the cell has run long enough to time
+                        decoded = decode_all(model, tokenizer, requests[calc], batch_size=b)
+                        tokens += sum(d.num_tokens for d in decoded)
+                        passes += 1
+                        if time.perf_counter() - sw.start >= min_cell_s:
+                            break
                 cell = cells[(b, calc)]
-                cell["runs"].append({"seconds": round(sw.seconds, 4), "tokens": tokens,
+                cell["runs"].append({"seconds": round(sw.seconds, 4), "passes": passes, "tokens": tokens,
                                      "tokens_per_s": round(tokens / sw.seconds, 2)})
                 if repeat == 0:
                     texts[(b, calc)] = [d.text for d in decoded]
                     cell["calculator_overrides"] = sum(len(d.calculator_overrides) for d in decoded)
                     cell["rows_with_overrides"] = sum(bool(d.calculator_overrides) for d in decoded)
                     cell["truncated_rows"] = sum(d.finish_reason == "length" for d in decoded)
-                    cell["mean_tokens_per_row"] = round(tokens / len(decoded), 1)
-                print(f"[decode] repeat {repeat} batch {b:>2} calculator {'on ' if calc else 'off'}: "
-                      f"{tokens} tokens in {sw.seconds:.2f} s = {tokens / sw.seconds:.1f} tokens/s", flush=True)
+                    cell["mean_tokens_per_row"] = round(sum(d.num_tokens for d in decoded) / len(decoded), 1)
+                print(f"[decode] repeat {repeat} batch {b:>2} calculator {'on ' if calc else 'off'}: {passes} "
+                      f"pass(es), {tokens} tokens in {sw.seconds:.2f} s = {tokens / sw.seconds:.1f} tokens/s",
+                      flush=True)
 
     smallest = min(batch_sizes)
     base = median([r["tokens_per_s"] for r in cells[(smallest, True)]["runs"]])
@@ -145,9 +156,12 @@ def decode_section(model: Any, tokenizer: Any, problems: Sequence[Any], batch_si
                 f"median of {repeats} (ratio = / batch {smallest} with calculator)",
                 ("batch", "calculator", "tokens/s", "ratio", "tokens/row", "truncated", "overrides",
                  "batch-invariant"), rows)
+    if len(problems) < largest:
+        print(f"NOTE: only {len(problems)} prompts, so batch sizes above {len(problems)} decode "
+              f"{len(problems)} rows per call", flush=True)
     print(f"calculator overhead at batch {largest}: {overhead}%  "
           f"(tokens/s {on} with vs {off} without)", flush=True)
-    return {"prompts": len(problems), "max_new_tokens": max_new_tokens, "repeats": repeats,
+    return {"prompts": len(problems), "max_new_tokens": max_new_tokens, "repeats": repeats, "min_cell_s": min_cell_s,
             "cells": list(cells.values()), "largest_batch": largest, "calculator_overhead_pct": overhead,
             "speedup_largest_vs_batch1": cells[(largest, True)]["ratio_to_batch1_calc"],
             "calculator_overrides": cells[(largest, True)]["calculator_overrides"]}
@@ -382,7 +396,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         model, tokenizer = load_policy(checkpoint)
         with phases.phase("decode"):
             result["decode"] = decode_section(model, tokenizer, problems, args.batch_sizes, args.max_new_tokens,
-                                              args.repeats)
+                                              args.repeats, args.min_cell_s)
         del model
         if not args.skip_http:
             result["serving"] = serving_sections(args, checkpoint, work, [p.question for p in problems], phases)

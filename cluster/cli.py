@@ -58,7 +58,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.address:
         connect(args.address)
     else:
-        ray.init(include_dashboard=False, namespace="dpost",
+        # "local": always a fresh cluster; a bare ray.init() would join whatever /tmp/ray last recorded
+        ray.init(address="local", include_dashboard=False, namespace="dpost",
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}})
     started = time.time()
     print(f"dpost: run {config.name} ({config.mode}, {config.iterations} iteration(s)) in {config.run_dir}")
@@ -98,9 +99,20 @@ def cmd_submit(args: argparse.Namespace) -> int:
     # validate here, so a bad file fails before the cluster sees it (data paths may be cluster-only)
     config = load_config(args.config, check_files=False)
     text = Path(args.config).read_text()
-    client = JobSubmissionClient(args.address)
+    try:
+        client = JobSubmissionClient(args.address)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ConfigError(f"cannot reach the Ray Jobs API at {args.address} ({exc})") from None
     entry = f"python -m cluster.job --config-b64 {base64.b64encode(text.encode()).decode()}"
-    job_id = client.submit_job(entrypoint=entry, submission_id=f"dpost-{config.name}-{int(time.time())}")
+    deadline = time.monotonic() + 60
+    while True:  # a just-started head answers "No available agent" until its job agent is up
+        try:
+            job_id = client.submit_job(entrypoint=entry, submission_id=f"dpost-{config.name}-{int(time.time())}")
+            break
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise ConfigError(f"the cluster refused the job: {exc}") from None
+            time.sleep(2)
     print(f"submitted {job_id}; run directory on the cluster: {config.run_dir}")
     if not args.wait:
         return 0

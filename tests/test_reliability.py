@@ -97,7 +97,10 @@ async def _blast(url: str, n: int, concurrency: int, body_for) -> tuple[list[int
                 r = await client.post(f"{url}/v1/solve", json=body_for(i))
                 latencies.append(time.perf_counter() - start)
                 statuses.append(r.status_code)
-                bodies.append({"status": r.status_code, "headers": dict(r.headers), "json": r.json()})
+                # Serve's own backpressure 503 is plain text; everything from our app is JSON
+                is_json = r.headers.get("content-type", "").startswith("application/json")
+                bodies.append({"status": r.status_code, "headers": dict(r.headers),
+                               "json": r.json() if is_json else None, "text": r.text[:200]})
         await asyncio.gather(*(one(i) for i in range(n)))
     return statuses, latencies, bodies
 

@@ -87,8 +87,11 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
             deepspeed.init_distributed(dist_backend="gloo")
 
     trainer = build_trainer(kind, config)
-    resumed_from = _train_resuming(trainer)
-    _save_final(trainer, config, resumed_from)
+    try:
+        resumed_from = _train_resuming(trainer)
+        _save_final(trainer, config, resumed_from)
+    finally:  # HF checkpoints live on in Ray Train's storage; the worker's scratch copy does not need to
+        shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
 
 
 def build_trainer(kind: str, config: TrainStageConfig, ray_train: bool = True):
@@ -158,7 +161,6 @@ def _train_resuming(trainer) -> int:
 
 def _save_final(trainer, config: TrainStageConfig, resumed_from: int) -> None:
     """Every rank joins save_model (ZeRO-3 gathers shards); rank 0 reports the HF folder as the final checkpoint."""
-    import ray
     import ray.train
 
     final = tempfile.mkdtemp(prefix="dpost-final-")
@@ -166,7 +168,18 @@ def _save_final(trainer, config: TrainStageConfig, resumed_from: int) -> None:
     context = ray.train.get_context()
     if context.get_world_rank() != 0:
         ray.train.report({"final": 1}, checkpoint=None)
+        shutil.rmtree(final, ignore_errors=True)
         return
+    try:
+        _report_final(trainer, config, resumed_from, context, final)
+    finally:  # report() has copied it into Ray Train's storage
+        shutil.rmtree(final, ignore_errors=True)
+
+
+def _report_final(trainer, config: TrainStageConfig, resumed_from: int, context, final: str) -> None:
+    import ray
+    import ray.train
+
     trainer.processing_class.save_pretrained(final)
     history = trainer.state.log_history
     metrics = {
