@@ -121,10 +121,16 @@ def head_node(tmp_path):
     """`ray start --head` in its own temp dir; stopped by killing exactly its processes (never `ray stop`)."""
     temp_dir = Path("/tmp") / f"dpost-head-{os.getpid()}-{int(time.time())}"
     dashboard = free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    # on a real cluster dpost is installed in the default python; here that python is this venv's
+    env = {**os.environ, "RAY_AUTH_MODE": "token",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("RAY_ADDRESS", None)
+    # every agent port free: the session's own cluster already holds the defaults (52365 and friends), and
+    # a head whose job agent cannot bind answers "No available agent to submit job" forever
     subprocess.run(["ray", "start", "--head", f"--port={free_port()}", "--num-cpus=2",
                     f"--dashboard-port={dashboard}", "--include-dashboard=true", f"--temp-dir={temp_dir}",
+                    f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+                    f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
                     "--disable-usage-stats"], check=True, env=env, capture_output=True,
                    cwd=ROOT, executable=shutil.which("ray") or str(Path(sys.executable).parent / "ray"))
     yield f"http://127.0.0.1:{dashboard}", env
