@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import time
 
 import httpx
 import pytest
@@ -11,6 +12,7 @@ from ray import serve
 
 from services.config import PoolConfig, ServingConfig
 from services.pools import deploy_pool, pool_status, sample_rows, scale, swap
+from services.registry import HEARTBEAT_TTL_S
 from trainers.checkpoints import load_policy
 from trainers.data import load_problems
 from trainers.decoding import DecodeRequest, decode_batch
@@ -158,8 +160,13 @@ def test_scaling_one_pool_leaves_the_other_alone_and_new_replicas_serve_current_
     assert status["rollout"].deployments["Sampler"].replica_states.get("RUNNING") == 1
     from services.pools import wait_for_version
 
-    live = wait_for_version("solver", pool_status("solver")["version"], timeout_s=60)
-    assert len(live["replicas"]) == 2
+    wait_for_version("solver", pool_status("solver")["version"], timeout_s=60)
+    # a replaced replica's last heartbeat stays in the registry until it expires (HEARTBEAT_TTL_S)
+    deadline = time.monotonic() + HEARTBEAT_TTL_S + 10
+    while len(pool_status("solver")["replicas"]) != 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    live = pool_status("solver")
+    assert len(live["replicas"]) == 2 and {r["version"] for r in live["replicas"].values()} == {live["version"]}
     rows = [DecodeRequest(prompt=format_prompt(f"q{i}"), max_new_tokens=8, seed=i) for i in range(50)]
     decoded, versions = sample_rows(rows, pool="rollout", chunk_rows=10)
     assert len(decoded) == 50 and set(versions) == {"r2"}
