@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -31,7 +32,7 @@ from trainers.checkpoints import load_policy  # noqa: E402
 from trainers.data import Problem, load_problems  # noqa: E402
 from trainers.decoding import decode_all  # noqa: E402
 from trainers.dedup import dedup  # noqa: E402
-from trainers.prompting import format_completion, format_prompt  # noqa: E402
+from trainers.prompting import format_completion  # noqa: E402
 from trainers.sampling import SamplingParams, make_requests, to_records  # noqa: E402
 from trainers.synthetic import SyntheticTaskConfig, build_synthetic_task, corpus_texts  # noqa: E402
 from trainers.tiny_model import PRESETS, build_tiny_model  # noqa: E402
@@ -54,24 +55,21 @@ class Timer:
 def sft(base: Path, pairs: Sequence[tuple[str, str]], out: Path, steps: int, lr: float, batch: int,
         seed: int = 0) -> dict[str, Any]:
     """Train `base` on (question, rationale) pairs with TRL's SFTTrainer; save to `out`; return loss info."""
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
+    from trainers.stage_config import SFTStageConfig
+    from trainers.training import build_trainer
 
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base)
-    data = Dataset.from_list([{"prompt": format_prompt(q), "completion": format_completion(r)} for q, r in pairs])
-    args = SFTConfig(
-        output_dir=tempfile.mkdtemp(prefix="calib-sft-"), learning_rate=lr, max_steps=steps,
-        per_device_train_batch_size=batch, warmup_steps=0.03, weight_decay=0.01, max_grad_norm=1.0,
-        lr_scheduler_type="cosine", max_length=512, seed=seed, use_cpu=True, bf16=False, save_strategy="no",
-        logging_steps=max(1, steps // 10), report_to="none", disable_tqdm=True, dataloader_num_workers=0,
-        completion_only_loss=True,
-    )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+    data = Path(tempfile.mkdtemp(prefix="calib-data-")) / "sft.jsonl"
+    data.write_text("".join(json.dumps({"question": q, "answer": r}) + "\n" for q, r in pairs))
+    # the production trainer in one process: no Ray callbacks, no DeepSpeed, no intermediate checkpoints
+    config = SFTStageConfig(model_path=str(base), data_path=str(data), output_dir=str(out), max_steps=steps,
+                            learning_rate=lr, per_device_train_batch_size=batch, seed=seed, zero_stage=0,
+                            save_steps=10**9, logging_steps=max(1, steps // 10), group_by_length=False)
+    trainer = build_trainer("sft", config, ray_train=False)
     trainer.train()
     trainer.save_model(str(out))
-    tokenizer.save_pretrained(out)
+    trainer.processing_class.save_pretrained(out)
+    shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
+    shutil.rmtree(data.parent, ignore_errors=True)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None,
             "examples": len(pairs), "epochs": round(steps * batch / max(1, len(pairs)), 2)}

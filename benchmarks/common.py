@@ -272,32 +272,22 @@ def sft_in_process(base: Path, labeled_path: Path, out: Path, steps: int, batch:
     Only used to get a model that writes `<<expr=` annotations for decoding benchmarks, not as a measurement.
     """
     import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
 
-    from trainers.data import load_problems
-    from trainers.prompting import format_completion, format_prompt
+    from trainers.stage_config import SFTStageConfig
+    from trainers.training import build_trainer
 
     torch.set_num_threads(1)
-    problems = list(load_problems(labeled_path))
-    data = Dataset.from_list([{"prompt": format_prompt(p.question), "completion": format_completion(p.rationale)}
-                              for p in problems if p.rationale])
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base)
-    args = SFTConfig(
-        output_dir=tempfile.mkdtemp(prefix="bench-sft-"), learning_rate=lr, max_steps=steps,
-        per_device_train_batch_size=batch, warmup_steps=0.03, weight_decay=0.01, max_grad_norm=1.0,
-        lr_scheduler_type="cosine", max_length=512, seed=seed, use_cpu=True, bf16=False, save_strategy="no",
-        logging_steps=max(1, steps // 5), report_to="none", disable_tqdm=True, dataloader_num_workers=0,
-        completion_only_loss=True,
-    )
-    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
+    # the production trainer in one process: no Ray callbacks, no DeepSpeed, no intermediate checkpoints
+    config = SFTStageConfig(model_path=str(base), data_path=str(labeled_path), output_dir=str(out),
+                            max_steps=steps, learning_rate=lr, per_device_train_batch_size=batch, seed=seed,
+                            zero_stage=0, save_steps=10**9, logging_steps=max(1, steps // 5),
+                            group_by_length=False)
+    trainer = build_trainer("sft", config, ray_train=False)
     with Stopwatch() as sw:
         trainer.train()
     trainer.save_model(str(out))
-    tokenizer.save_pretrained(out)
-    shutil.rmtree(args.output_dir, ignore_errors=True)
+    trainer.processing_class.save_pretrained(out)
+    shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"steps": steps, "batch": batch, "learning_rate": lr, "seconds": round(sw.seconds, 2),
             "first_loss": losses[0] if losses else None, "final_loss": losses[-1] if losses else None}
