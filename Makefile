@@ -10,7 +10,7 @@ export OMP_NUM_THREADS := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_DEDUP_LOGS := 0
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench experiments clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,6 +29,13 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/sampler.py
 	$(BIN)/python benchmarks/train.py
+
+# The paper's SFT vs ST vs DPO-ST comparison, 3 iterations each (about an hour on 2 cores), then the table
+# with the calculator ablation. A finished run is kept: running it again only redoes the table.
+experiments: $(STAMP)
+	$(BIN)/dpost run configs/experiments/st.yaml --exit-when-done
+	$(BIN)/dpost run configs/experiments/dpo-st.yaml --exit-when-done
+	$(BIN)/python benchmarks/compare_runs.py runs/compare-st runs/compare-dpo-st
 
 clean:
 	rm -rf runs .pytest_cache

@@ -12,14 +12,14 @@ Every section is a dataclass below; unknown keys and bad values are a `ConfigErr
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from services.config import ServingConfig
-from trainers.errors import ConfigError
+from trainers.errors import ConfigError, reject_unknown_keys
 from trainers.stage_config import DPOStageConfig, SFTStageConfig
 from trainers.synthetic import SyntheticTaskConfig
 from trainers.tiny_model import PRESETS
@@ -159,10 +159,7 @@ def _section(cls: type, values: Any, where: str) -> Any:
         return cls()
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    reject_unknown_keys(values, cls, where)
     try:
         return cls(**values)
     except TypeError as exc:
@@ -175,10 +172,7 @@ def parse_config(raw: dict[str, Any], where: str = "config", check_files: bool =
     sections = {"model": ModelSection, "data": DataSection, "sampling": SamplingSection,
                 "training": TrainingSection, "evaluation": EvaluationSection, "storage": StorageSection,
                 "rft": RFTSection}
-    known = {f.name for f in fields(RunConfig)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    reject_unknown_keys(raw, RunConfig, where)
     values = {k: v for k, v in raw.items() if k not in sections and k != "serving"}
     for key, cls in sections.items():
         values[key] = _section(cls, raw.get(key), f"{where}: {key}")

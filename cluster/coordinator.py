@@ -130,8 +130,10 @@ class Coordinator:
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = parse_config(config)
         self.run_dir = RunDir(self.config.run_dir)
+        now = time.time()  # a restarted coordinator keeps the run's start and records when it came back
+        starts = self.run_dir.manifest.get("coordinator_starts", []) + [now]
         self.run_dir.update(name=self.config.name, config=self.config.to_dict(), status="running",
-                            started=time.time())
+                            started=self.run_dir.manifest.get("started", now), coordinator_starts=starts)
         self.progress = Progress()
 
     def run(self) -> dict[str, Any]:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
-from trainers.errors import ConfigError
+from trainers.errors import ConfigError, reject_unknown_keys
 
 POOLS = ("rollout", "solver")
 
@@ -98,17 +98,11 @@ class ServingConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "ServingConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"serving: unknown field(s) {unknown}; known: {sorted(known)}")
+        reject_unknown_keys(values, cls, "serving")
         pools = {}
-        pool_fields = {f.name for f in fields(PoolConfig)}
         for name in POOLS:
             raw = values.get(name) or {}
-            bad = sorted(set(raw) - pool_fields)
-            if bad:
-                raise ConfigError(f"serving.{name}: unknown field(s) {bad}; known: {sorted(pool_fields)}")
+            reject_unknown_keys(raw, PoolConfig, f"serving.{name}")
             pools[name] = PoolConfig(**raw)
         rest = {k: v for k, v in values.items() if k not in POOLS}
         config = cls(**pools, **rest)

@@ -37,9 +37,38 @@ def _digest(path: str) -> tuple[str, float]:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest(), os.stat(path).st_mtime
 
 
+def _stages(manifest_path: Path) -> dict:
+    return json.loads(manifest_path.read_text())["stages"] if manifest_path.exists() else {}
+
+
+def _wait_for(manifest_path: Path, ready, what: str, timeout_s: float = 900) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        stages = _stages(manifest_path)
+        if ready(stages):
+            return stages
+        time.sleep(0.5)
+    raise TimeoutError(f"the coordinator never reached: {what}")
+
+
 @pytest.fixture(scope="module")
-def killed_and_resumed_run(ray_cluster, serve_port, tmp_path_factory):
-    """Start a run, kill the coordinator right after its first sampling stage, let Ray restart it."""
+def clean_run(ray_cluster, serve_port, tmp_path_factory):
+    """The reference: the same tiny run (same seed), never interrupted."""
+    import ray
+
+    from cluster.job import start_coordinator
+
+    config = parse_config(tiny_config(tmp_path_factory.mktemp("clean"), "tiny-clean", serve_port))
+    coordinator = start_coordinator(config, detached=False)
+    ray.get(coordinator.run.remote(), timeout=900)
+    ray.kill(coordinator, no_restart=True)
+    return config, json.loads((config.run_dir / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def killed_and_resumed_run(clean_run, ray_cluster, serve_port, tmp_path_factory):
+    """Start a run and kill its coordinator twice, at different stages, letting Ray restart it each time:
+    first in the middle of the warm-up SFT's Ray Train run, then right after the first sampling stage."""
     import ray
 
     from cluster.job import start_coordinator
@@ -48,24 +77,34 @@ def killed_and_resumed_run(ray_cluster, serve_port, tmp_path_factory):
     coordinator = start_coordinator(config, detached=False)
     result_ref = coordinator.run.remote()
     manifest_path = config.run_dir / "manifest.json"
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        stages = json.loads(manifest_path.read_text())["stages"] if manifest_path.exists() else {}
-        if stages.get("it1-dpo-samples", {}).get("status") == "done":
-            break
-        time.sleep(0.5)
-    before = json.loads(manifest_path.read_text())["stages"]
+
+    stages = _wait_for(manifest_path, lambda s: s.get("sft-0", {}).get("status") == "running", "sft-0 running")
+    time.sleep(15)  # well inside the warm-up SFT: its Ray Train workers are up and stepping
+    assert _stages(manifest_path)["sft-0"]["status"] == "running"
+    first_kill = {"before": {n: s for n, s in _stages(manifest_path).items() if s.get("status") == "done"},
+                  "sft-0-started": stages["sft-0"]["started"]}
+    ray.kill(coordinator, no_restart=False)
+
+    _wait_for(manifest_path, lambda s: s.get("it1-dpo-samples", {}).get("status") == "done", "it1-dpo-samples")
+    before = _stages(manifest_path)
     finished = {name: s for name, s in before.items() if s.get("status") == "done"}
     files = {name: {k: _digest(v) for k, v in s["outputs"].items() if k.endswith("path") and Path(v).is_file()}
              for name, s in finished.items()}
     ray.kill(coordinator, no_restart=False)
-    result = ray.get(result_ref, timeout=900)  # the retried `run` on the restarted actor
+    result = ray.get(result_ref, timeout=900)  # the twice-retried `run` on the twice-restarted actor
     after = json.loads(manifest_path.read_text())
-    return config, finished, files, after, result
+    return config, finished, files, after, result, first_kill
 
 
 def test_killed_coordinator_resumes_without_redoing_finished_stages(killed_and_resumed_run):
-    config, finished, files, after, _ = killed_and_resumed_run
+    config, finished, files, after, _, first_kill = killed_and_resumed_run
+    # first kill, mid-training: the stages done before it were kept, the interrupted SFT ran again
+    assert set(first_kill["before"]) >= {"data", "base"} and "sft-0" not in first_kill["before"]
+    for name, entry in first_kill["before"].items():
+        assert after["stages"][name]["started"] == entry["started"], f"{name} was run again"
+    assert after["stages"]["sft-0"]["started"] > first_kill["sft-0-started"]
+    assert len(after["coordinator_starts"]) == 3 and after["started"] == after["coordinator_starts"][0]
+    # second kill, after a sampling stage: nothing finished was recomputed or rewritten
     assert "it1-dpo-samples" in finished and "sft-0" in finished
     for name, entry in finished.items():
         assert after["stages"][name]["started"] == entry["started"], f"{name} was run again"
@@ -77,9 +116,44 @@ def test_killed_coordinator_resumes_without_redoing_finished_stages(killed_and_r
     assert len({(s["question_id"], s["sample_index"]) for s in samples}) == len(samples)
 
 
+def _normalized_lines(path: str, run_name: str) -> list[str]:
+    """A stage file's records with the run's name (in model versions) and the serving replica taken out."""
+    lines = []
+    for record in read_jsonl(Path(path)):
+        record.pop("served_by", None)
+        lines.append(json.dumps(record, sort_keys=True).replace(f"{run_name}:", "RUN:"))
+    return lines
+
+
+def _weights_digest(checkpoint: str) -> str:
+    return hashlib.sha256(Path(checkpoint, "model.safetensors").read_bytes()).hexdigest()
+
+
+def test_twice_killed_run_has_the_same_stage_outputs_as_a_clean_run(killed_and_resumed_run, clean_run):
+    clean_config, clean = clean_run
+    config, _, _, killed, _, _ = killed_and_resumed_run
+    assert set(killed["stages"]) == set(clean["stages"])
+    compared = 0
+    for name, entry in clean["stages"].items():
+        for key, path in entry["outputs"].items():
+            other = killed["stages"][name]["outputs"][key]
+            if key == "checkpoint":  # training is deterministic for a seed: same weights, byte for byte
+                assert _weights_digest(other) == _weights_digest(path), f"{name} weights differ"
+                compared += 1
+            elif key.endswith("path") and str(path).endswith(".jsonl"):
+                assert _normalized_lines(other, config.name) == _normalized_lines(path, clean_config.name), \
+                    f"{name}.{key} differs from the clean run"
+                compared += 1
+            elif isinstance(path, (int, float)) and not key.endswith("seconds"):
+                assert other == path, f"{name}.{key}: {other} != {path}"
+    assert compared >= 15
+    decisions = [[{k: v for k, v in p.items() if k != "at"} for p in m["promotions"]] for m in (clean, killed)]
+    assert decisions[0] == decisions[1] and killed["live"] == clean["live"]
+
+
 def test_tiny_run_completes_every_stage_writes_report_and_serves_promoted_model(killed_and_resumed_run,
                                                                                  serve_port):
-    config, _, _, manifest, result = killed_and_resumed_run
+    config, _, _, manifest, result, _ = killed_and_resumed_run
     expected = ["data", "base", "sft-0", "eval-sft-0", "promote-sft-0", "it1-questions", "it1-dpo-samples",
                 "it1-pairs", "dpo-1", "it1-sft-samples", "it1-pseudo-labels", "sft-1", "eval-sft-1",
                 "promote-sft-1"]

@@ -11,11 +11,11 @@ The embedded defaults below are for a from-scratch tiny model, which needs far h
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from trainers.errors import ConfigError
+from trainers.errors import ConfigError, reject_unknown_keys
 
 ZERO_STAGES = (0, 1, 2, 3)
 
@@ -94,10 +94,7 @@ class TrainStageConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], where: str = "") -> "TrainStageConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"{where or cls.__name__}: unknown field(s) {unknown}; known: {sorted(known)}")
+        reject_unknown_keys(values, cls, where or cls.__name__)
         return cls(**values)
 
     def resolved_storage_path(self) -> str:

@@ -42,6 +42,7 @@ def _fit(kind: str, config: TrainStageConfig) -> TrainResult:
     from ray.train.torch import TorchTrainer
 
     config.validate()
+    remove_orphaned_training_groups()
     workers = {"CPU": 1} if not config.use_gpu else {"CPU": 1, "GPU": 1}
     trainer = TorchTrainer(
         train_loop_per_worker=_worker_loop,
@@ -92,6 +93,39 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
         _save_final(trainer, config, resumed_from)
     finally:  # HF checkpoints live on in Ray Train's storage; the worker's scratch copy does not need to
         shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
+
+
+def remove_orphaned_training_groups() -> list[str]:
+    """Remove the placement groups of Ray Train runs whose controller is dead; returns their ids.
+
+    A placement group lives as long as its creator's JOB, not its creator actor. When the coordinator (and with
+    it the TrainController it owns) is killed mid-training, the group keeps its CPUs until the driver exits,
+    and the restarted coordinator's training waits for them forever. Ray Train's own PlacementGroupCleaner
+    handles this only when it can reach the State API (the dashboard), which many clusters keep off. The GCS
+    knows each group's creator and whether it died: a group created by a dead TrainController is an orphan.
+    """
+    import ray
+    from ray._private.state import state  # GCS tables; unlike ray.util.state, needs no dashboard
+    from ray.core.generated import gcs_pb2
+    from ray.util import remove_placement_group
+    from ray.util.placement_group import PlacementGroup
+
+    if not ray.is_initialized():
+        return []
+    removed = []
+    for raw in state._connect_and_get_accessor().get_placement_group_table():
+        group = gcs_pb2.PlacementGroupTableData.FromString(raw)
+        if group.state == gcs_pb2.PlacementGroupTableData.REMOVED or group.is_detached \
+                or not group.creator_actor_dead:
+            continue
+        creator = state.actor_table(group.creator_actor_id.hex())
+        if creator.get("ActorClassName") != "TrainController":
+            continue
+        remove_placement_group(PlacementGroup(ray.PlacementGroupID(group.placement_group_id)))
+        removed.append(group.placement_group_id.hex())
+    if removed:
+        print(f"[dpost] removed {len(removed)} placement group(s) left by killed training runs", flush=True)
+    return removed
 
 
 def build_trainer(kind: str, config: TrainStageConfig, ray_train: bool = True):
