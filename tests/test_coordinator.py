@@ -70,6 +70,7 @@ def killed_and_resumed_run(clean_run, ray_cluster, serve_port, tmp_path_factory)
     """Start a run and kill its coordinator twice, at different stages, letting Ray restart it each time:
     first in the middle of the warm-up SFT's Ray Train run, then right after the first sampling stage."""
     import ray
+    from ray.util import placement_group_table
 
     from cluster.job import start_coordinator
 
@@ -79,7 +80,11 @@ def killed_and_resumed_run(clean_run, ray_cluster, serve_port, tmp_path_factory)
     manifest_path = config.run_dir / "manifest.json"
 
     stages = _wait_for(manifest_path, lambda s: s.get("sft-0", {}).get("status") == "running", "sft-0 running")
-    time.sleep(15)  # well inside the warm-up SFT: its Ray Train workers are up and stepping
+    deadline = time.monotonic() + 300  # inside the warm-up SFT: Ray Train holds its workers' placement group
+    while not any(g["state"] == "CREATED" for g in placement_group_table().values()):
+        assert time.monotonic() < deadline, "the warm-up SFT never reserved its workers"
+        time.sleep(0.2)
+    time.sleep(3)
     assert _stages(manifest_path)["sft-0"]["status"] == "running"
     first_kill = {"before": {n: s for n, s in _stages(manifest_path).items() if s.get("status") == "done"},
                   "sft-0-started": stages["sft-0"]["started"]}
