@@ -68,6 +68,19 @@ class ModelRegistry:
 
 
 def get_registry() -> "ray.actor.ActorHandle":
-    """The cluster's registry, created on first use; detached so it outlives the job that made it."""
-    return ModelRegistry.options(name=REGISTRY_NAME, namespace=NAMESPACE, lifetime="detached",
-                                 get_if_exists=True).remote()
+    """The cluster's registry, created on first use; detached so it outlives the job that made it.
+
+    It lives on the head node: whoever asks first (often a replica starting on a sampler node) must not
+    decide where it runs, or losing that node would lose every pool's version and every replica's reports."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return ModelRegistry.options(name=REGISTRY_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
+                                 scheduling_strategy=NodeAffinitySchedulingStrategy(_head_node_id(), soft=True),
+                                 ).remote()
+
+
+def _head_node_id() -> str:
+    for node in ray.nodes():
+        if node["Alive"] and "node:__internal_head__" in node["Resources"]:
+            return node["NodeID"]
+    return ray.get_runtime_context().get_node_id()

@@ -75,6 +75,9 @@ class Sampler:
                     await asyncio.to_thread(self._load, *current)
                 await self.registry.heartbeat.remote(
                     self.replica_id, self.pool, self.policy.version if self.policy else None, self.error)
+            except ray.exceptions.RayActorError:  # the registry died with its node: find or re-create it
+                logger.warning("model registry unreachable; looking it up again")
+                self.registry = get_registry()
             except Exception:  # never let the watcher die; the next poll retries
                 logger.exception("registry poll failed")
             await asyncio.sleep(POLL_INTERVAL_S)
