@@ -50,13 +50,7 @@ def main(config_path: str, port: int) -> None:
 
     answer = httpx.post(f"http://127.0.0.1:{port}/v1/solve", json={"question": "Ava has 3 pens. How many?"},
                         timeout=120)
-    from ray._private.state import state
-
-    from services.registry import get_registry
-
-    registry_node = state.actor_table(get_registry()._actor_id.hex())["Address"]["NodeID"]
     print("RESULT " + json.dumps({
-        "registry_node": registry_node, "head_node": cluster.head_node.node_id,
         "http_status": answer.status_code, "http_body": answer.json(),
         "result": result, "removed": removed, "trainer_node": trainer.node_id,
         "sampler_nodes": [n.node_id for n in samplers], "manifest": manifest,
