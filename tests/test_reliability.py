@@ -180,10 +180,9 @@ def test_calculator_injection_in_generated_text_runs_no_code(base_checkpoint, tm
     forced into the row and nothing is executed."""
     import builtins
 
-    import torch
     from transformers import AutoTokenizer
 
-    from trainers.decoding import CalculatorProcessor
+    from trainers.decoding import RowCalculator
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(builtins, "eval", lambda *a, **k: pytest.fail("eval called"))
@@ -191,13 +190,14 @@ def test_calculator_injection_in_generated_text_runs_no_code(base_checkpoint, tm
     tokenizer = AutoTokenizer.from_pretrained(base_checkpoint)
     for hostile in ["<<__import__('os').system('touch pwned')=", "<<9**9**9=", "<<open('/etc/passwd').read()=",
                     "<<().__class__.__bases__[0]=", "<<" + "(" * 3000 + "1" + ")" * 3000 + "=", "<<1e308*1e308="]:
-        ids = torch.tensor([tokenizer.encode("Answer: " + hostile, add_special_tokens=False)])
-        proc = CalculatorProcessor(tokenizer, [DecodeRequest(prompt="p")], prompt_width=0)
-        scores = torch.zeros(1, len(tokenizer))
-        out = proc(ids, scores.clone())
-        assert proc.overrides == [[]] and torch.equal(out, scores)
+        calc = RowCalculator(tokenizer)
+        calc.observe(tokenizer.encode("Answer: " + hostile, add_special_tokens=False))
+        assert calc.overrides == [] and calc.forced_token() is None
         assert not (tmp_path / "pwned").exists()
-    ids = torch.tensor([tokenizer.encode("Answer: <<12+30=", add_special_tokens=False)])
-    proc = CalculatorProcessor(tokenizer, [DecodeRequest(prompt="p")], prompt_width=0)
-    proc(ids, torch.zeros(1, len(tokenizer)))
-    assert proc.overrides == [[{"expr": "12+30", "result": "42"}]]  # the same path does fire on arithmetic
+    calc = RowCalculator(tokenizer)
+    calc.observe(tokenizer.encode("Answer: <<12+30=", add_special_tokens=False))
+    assert calc.overrides == [{"expr": "12+30", "result": "42"}]  # the same path does fire on arithmetic
+    forced = []
+    while (token := calc.forced_token()) is not None:
+        forced.append(token)
+    assert tokenizer.decode(forced) == "42>>"

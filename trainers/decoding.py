@@ -1,25 +1,30 @@
-"""Batched, calculator-aware decoding: one `model.generate` call for many rows with different settings.
+"""Batched, calculator-aware decoding with continuous batching.
 
-Two `LogitsProcessor`s do the work inside Hugging Face's own generation loop (KV cache, EOS handling):
-- `RowSamplingProcessor` draws each row's next token with that row's own temperature, top-p and seeded
-  `torch.Generator`, then leaves only that token standing, so `generate(do_sample=False)` picks it. A row's
-  sample therefore does not depend on which other rows share its batch (same seed -> same text).
-- `CalculatorProcessor` watches for rows whose text ends in `<<expr=`, evaluates `expr` with the safe
-  calculator and forces `result>>` into that row only, token by token, while the other rows decode freely.
+`DecodeEngine` keeps up to `max_batch` rows decoding in one forward pass per step. When a row ends (EOS, a
+complete `#### N`, or its token limit) its slot is given to the next waiting prompt at once, instead of the
+whole batch waiting for its longest row as `model.generate` does; keys and values live in a preallocated
+`SlotCache` (see `kv_slots.py`). We run our own step loop because `generate` cannot refill rows, and
+transformers' own continuous batching cannot run a per-row calculator.
+
+Per row, independent of which other rows share the batch:
+- its own greedy / temperature / top-p choice with its own seeded `torch.Generator` (same seed -> same text);
+- `RowCalculator`: when the row's text ends in `<<expr=`, the safe calculator's `result>>` is forced into
+  that row only, token by token, while other rows decode freely (`calculator=False` turns this off).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Iterable, Sequence
 
 import torch
-from transformers import (LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase,
-                          StoppingCriteria, StoppingCriteriaList)
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from trainers.answers import final_answer_end
 from trainers.calculator import CalculatorError, calculate, pending_expression
+from trainers.kv_slots import SlotCache
 
 
 @dataclass(frozen=True)
@@ -38,160 +43,242 @@ class DecodeRequest:
 class Decoded:
     text: str
     num_tokens: int
-    finish_reason: str  # "stop" (EOS) or "length"
+    finish_reason: str  # "stop" (EOS or a complete final answer) or "length"
     calculator_overrides: list[dict[str, str]] = field(default_factory=list)
 
 
-class RowSamplingProcessor(LogitsProcessor):
-    """Per-row greedy / temperature / top-p sampling with per-row generators and per-row length limits."""
-
-    def __init__(self, requests: Sequence[DecodeRequest], prompt_width: int, eos_token_id: int) -> None:
-        self.requests = requests
-        self.prompt_width = prompt_width
-        self.eos_token_id = eos_token_id
-        self.generators = [torch.Generator().manual_seed(r.seed) for r in requests]
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        step = input_ids.shape[1] - self.prompt_width
-        chosen = scores.argmax(dim=-1)
-        for row, req in enumerate(self.requests):
-            if step >= req.max_new_tokens:
-                chosen[row] = self.eos_token_id
-            elif req.temperature > 0:
-                logits = scores[row].float() / req.temperature
-                probs = torch.softmax(logits, dim=-1)
-                if req.top_p < 1.0:
-                    sorted_probs, order = probs.sort(descending=True)
-                    # keep the smallest prefix whose mass reaches top_p (always at least one token)
-                    drop = sorted_probs.cumsum(0) - sorted_probs >= req.top_p
-                    sorted_probs[drop] = 0.0
-                    probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-                chosen[row] = torch.multinomial(probs, 1, generator=self.generators[row])[0]
-        out = torch.full_like(scores, float("-inf"))
-        out.scatter_(1, chosen.unsqueeze(1), 0.0)
-        return out
+_TOKEN_SETS: dict[tuple[int, str], frozenset[int]] = {}
 
 
-class CalculatorProcessor(LogitsProcessor):
-    """Forces the calculator's `result>>` into every row whose generated text ends in `<<expr=`."""
+def token_ids_where(tokenizer: PreTrainedTokenizerBase, predicate: Callable[[str], bool], key: str) -> frozenset[int]:
+    """Ids of the tokens whose text satisfies `predicate` (cached per tokenizer and key)."""
+    cache_key = (id(tokenizer), key)
+    if cache_key not in _TOKEN_SETS:
+        _TOKEN_SETS[cache_key] = frozenset(i for i in tokenizer.get_vocab().values()
+                                           if predicate(tokenizer.decode([i])))
+    return _TOKEN_SETS[cache_key]
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, requests: Sequence[DecodeRequest],
-                 prompt_width: int) -> None:
+
+def equals_token_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    """Ids of every token whose text ends in '=': only after one of these can a row need the calculator."""
+    return token_ids_where(tokenizer, lambda t: t.endswith("="), "ends-with-equals")
+
+
+class RowCalculator:
+    """One row's calculator: after a token ending in '=', if the text ends in `<<expr=`, queue `result>>`."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, enabled: bool = True) -> None:
         self.tokenizer = tokenizer
-        self.enabled = [r.calculator for r in requests]
-        self.prompt_width = prompt_width
-        self.queues: list[deque[int]] = [deque() for _ in requests]
-        self.overrides: list[list[dict[str, str]]] = [[] for _ in requests]
+        self.enabled = enabled
         self.eq_token_ids = equals_token_ids(tokenizer)
+        self.queue: deque[int] = deque()
+        self.overrides: list[dict[str, str]] = []
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if input_ids.shape[1] <= self.prompt_width:
-            return scores
-        last = input_ids[:, -1]
-        triggered = torch.isin(last, self.eq_token_ids).nonzero().flatten().tolist()
-        for row in triggered:
-            if self.enabled[row] and not self.queues[row]:
-                self._maybe_start(row, input_ids[row, self.prompt_width:])
-        for row, queue in enumerate(self.queues):
-            if queue:
-                token = queue.popleft()
-                scores[row] = float("-inf")
-                scores[row, token] = 0.0
-        return scores
+    def forced_token(self) -> int | None:
+        return self.queue.popleft() if self.queue else None
 
-    def _maybe_start(self, row: int, generated: torch.LongTensor) -> None:
-        text = self.tokenizer.decode(generated, skip_special_tokens=True)
-        expr = pending_expression(text)
+    def observe(self, generated: Sequence[int]) -> None:
+        """Called after each new token of the row's generated ids."""
+        if not self.enabled or self.queue or not generated or generated[-1] not in self.eq_token_ids:
+            return
+        expr = pending_expression(self.tokenizer.decode(generated, skip_special_tokens=True))
         if expr is None:
             return
         try:
             result = calculate(expr)
         except CalculatorError:
             return  # the model keeps writing; a wrong result is then simply a wrong sample
-        self.queues[row].extend(self.tokenizer.encode(result + ">>", add_special_tokens=False))
-        self.overrides[row].append({"expr": expr, "result": result})
+        self.queue.extend(self.tokenizer.encode(result + ">>", add_special_tokens=False))
+        self.overrides.append({"expr": expr, "result": result})
 
 
-class FinalAnswerStop(StoppingCriteria):
-    """Ends a row once it has written a complete `#### N`: whatever a model writes after its answer is
-    noise (often a made-up next question) that would cost time and pollute pseudo-labels."""
+class _Row:
+    """A request being decoded: its tokens so far and its per-row sampling state."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt_width: int, rows: int) -> None:
+    def __init__(self, index: int, request: DecodeRequest, prompt_ids: list[int],
+                 tokenizer: PreTrainedTokenizerBase) -> None:
+        self.index = index
+        self.request = request
+        self.prompt_ids = prompt_ids
+        self.tokens: list[int] = []
+        self.generator = torch.Generator().manual_seed(request.seed) if request.temperature > 0 else None
+        self.calculator = RowCalculator(tokenizer, request.calculator)
+        self.seen_marker = False  # a '#' was written: a final answer may be complete from now on
+
+    def choose(self, logits: torch.Tensor, greedy: int) -> int:
+        forced = self.calculator.forced_token()
+        if forced is not None:
+            return forced
+        req = self.request
+        if req.temperature <= 0:
+            return greedy
+        probs = torch.softmax(logits.float() / req.temperature, dim=-1)
+        if req.top_p < 1.0:
+            sorted_probs, order = probs.sort(descending=True)
+            # keep the smallest prefix whose mass reaches top_p (always at least one token)
+            sorted_probs[sorted_probs.cumsum(0) - sorted_probs >= req.top_p] = 0.0
+            probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+        return int(torch.multinomial(probs, 1, generator=self.generator)[0])
+
+
+class DecodeEngine:
+    """Continuous batching over one model: `add` rows any time, `step` until `idle`; each finished row is
+    passed to its `on_done(index, Decoded)` callback."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_batch: int = 32) -> None:
+        self.model = model
         self.tokenizer = tokenizer
-        self.prompt_width = prompt_width
-        self.hash_ids = token_ids_where(tokenizer, lambda t: "#" in t)
-        self.space_ids = token_ids_where(tokenizer, lambda t: any(c.isspace() for c in t))
-        self.seen_marker = torch.zeros(rows, dtype=torch.bool)
-        self.done = torch.zeros(rows, dtype=torch.bool)
+        self.max_batch = max(1, int(max_batch))
+        self.eos = tokenizer.eos_token_id
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
+        self.hash_ids = token_ids_where(tokenizer, lambda t: "#" in t, "has-hash")
+        self.space_ids = token_ids_where(tokenizer, lambda t: any(c.isspace() for c in t), "has-space")
+        self.waiting: deque[tuple[_Row, Callable[[int, Decoded], None]]] = deque()
+        self.active: list[tuple[_Row, Callable[[int, Decoded], None]]] = []  # slot i holds active[i]
+        self.row_start = torch.zeros(self.max_batch, dtype=torch.long)
+        self.cache = SlotCache(model.config.get_text_config().num_hidden_layers)
+        self.bool_mask = model.config._attn_implementation == "sdpa"
+        params = inspect.signature(model.forward).parameters
+        self.keep_last = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        self.steps = 0
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        if input_ids.shape[1] <= self.prompt_width:
-            return self.done.clone()
-        last = input_ids[:, -1]
-        self.seen_marker |= torch.isin(last, self.hash_ids)
-        check = self.seen_marker & ~self.done & torch.isin(last, self.space_ids)
-        for row in check.nonzero().flatten().tolist():
-            text = self.tokenizer.decode(input_ids[row, self.prompt_width:], skip_special_tokens=True)
-            if final_answer_end(text) is not None:
-                self.done[row] = True
-        return self.done.clone()
+    @property
+    def idle(self) -> bool:
+        return not self.waiting and not self.active
 
+    def add(self, requests: Iterable[DecodeRequest], on_done: Callable[[int, Decoded], None],
+            first_index: int = 0) -> None:
+        prompts = [r.prompt for r in requests]
+        encoded = self.tokenizer(prompts, add_special_tokens=False)["input_ids"] if prompts else []
+        for i, (request, ids) in enumerate(zip(requests, encoded)):
+            self.waiting.append((_Row(first_index + i, request, ids, self.tokenizer), on_done))
 
-_TOKEN_SETS: dict[tuple[int, str], torch.Tensor] = {}
+    @torch.inference_mode()
+    def step(self) -> None:
+        """Admit waiting rows into free slots (one batched prefill), then decode one token for every row."""
+        free = self.max_batch - len(self.active)
+        # Prefill only when a quarter of the slots are free (or nothing runs): one prefill per finishing row
+        # would cost almost a decode step each.
+        if self.waiting and free and (free * 4 >= self.max_batch or not self.active):
+            self._admit(free)
+        if self.active:
+            self._decode()
 
+    def run(self) -> None:
+        while not self.idle:
+            self.step()
 
-def token_ids_where(tokenizer: PreTrainedTokenizerBase, predicate, key: str | None = None) -> torch.Tensor:
-    """Ids of the tokens whose text satisfies `predicate` (cached per tokenizer and predicate)."""
-    cache_key = (id(tokenizer), key or predicate.__code__.co_code.hex())
-    if cache_key not in _TOKEN_SETS:
-        ids = [i for i in tokenizer.get_vocab().values() if predicate(tokenizer.decode([i]))]
-        _TOKEN_SETS[cache_key] = torch.tensor(sorted(ids), dtype=torch.long)
-    return _TOKEN_SETS[cache_key]
+    def _admit(self, free: int) -> None:
+        admitted = [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]
+        lengths = [len(row.prompt_ids) for row, _ in admitted]
+        width = max(lengths)
+        ids = torch.full((len(admitted), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(admitted), width), dtype=torch.long)
+        for i, ((row, _), n) in enumerate(zip(admitted, lengths)):
+            ids[i, width - n:] = torch.tensor(row.prompt_ids, dtype=torch.long)
+            mask[i, width - n:] = 1
+        prefill = DynamicCache()
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                         past_key_values=prefill, use_cache=True, **self.keep_last)
+        longest_new = max(row.request.max_new_tokens for row, _ in admitted)
+        if self.cache.capacity == 0:
+            self.cache.window.start = self.cache.window.end = width
+            self.cache.allocate_like(prefill, self.max_batch, width + 2 * longest_new + 2)
+        self.row_start += self.cache.make_room(width, 1)
+        end = self.cache.window.end
+        logits = out.logits[:, -1, :]
+        greedy = logits.argmax(-1).tolist()
+        for i, ((row, on_done), n) in enumerate(zip(admitted, lengths)):
+            slot = len(self.active)
+            self.active.append((row, on_done))
+            self.cache.place(slot, prefill, i, n)
+            self.row_start[slot] = end - n
+            self.cache.window.start = min(self.cache.window.start, end - n)
+        self._advance(admitted, logits, greedy, offset=len(self.active) - len(admitted))
 
+    def _decode(self) -> None:
+        rows = len(self.active)
+        self.row_start += self.cache.make_room(0, 1)
+        window = self.cache.window
+        ids = torch.tensor([[row.tokens[-1]] for row, _ in self.active], dtype=torch.long)
+        starts = self.row_start[:rows, None]
+        owned = torch.arange(window.start, window.end + 1)[None, :] >= starts
+        if self.bool_mask:
+            mask = owned[:, None, None, :]
+        else:  # eager attention adds the mask to the scores
+            mask = torch.zeros(owned.shape, dtype=self.model.dtype).masked_fill_(
+                ~owned, torch.finfo(self.model.dtype).min)[:, None, None, :]
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=window.end - starts,
+                         past_key_values=self.cache, use_cache=True, **self.keep_last)
+        window.end += 1
+        self.steps += 1
+        logits = out.logits[:, -1, :]
+        self._advance(list(self.active), logits, logits.argmax(-1).tolist(), offset=0)
 
-def equals_token_ids(tokenizer: PreTrainedTokenizerBase) -> torch.Tensor:
-    """Ids of every token whose text ends in '=': only after one of these can a row need the calculator."""
-    return token_ids_where(tokenizer, lambda t: t.endswith("="), key="ends-with-equals")
+    def _advance(self, rows: list[tuple[_Row, Callable[[int, Decoded], None]]], logits: torch.Tensor,
+                 greedy: list[int], offset: int) -> None:
+        """Append each row's next token; finished rows report and leave their slot."""
+        finished = []
+        for i, (row, on_done) in enumerate(rows):
+            token = row.choose(logits[i], greedy[i])
+            reason = self._append(row, token)
+            if reason is not None:
+                finished.append(offset + i)
+                on_done(row.index, self._result(row, reason))
+        for slot in sorted(finished, reverse=True):
+            self._release(slot)
 
+    def _append(self, row: _Row, token: int) -> str | None:
+        """Add `token` to the row; return the finish reason if the row is done."""
+        if token == self.eos:
+            return "stop"
+        row.tokens.append(token)
+        row.calculator.observe(row.tokens)
+        row.seen_marker = row.seen_marker or token in self.hash_ids
+        if row.seen_marker and token in self.space_ids and final_answer_end(self._text(row)) is not None:
+            return "stop"
+        if len(row.tokens) >= row.request.max_new_tokens:
+            return "stop" if final_answer_end(self._text(row)) is not None else "length"
+        return None
 
-@torch.inference_mode()
-def decode_batch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                 requests: Sequence[DecodeRequest]) -> list[Decoded]:
-    """Decode all `requests` in one `generate` call (callers chunk to their batch size)."""
-    if not requests:
-        return []
-    tokenizer.padding_side = "left"
-    enc = tokenizer([r.prompt for r in requests], return_tensors="pt", padding=True, add_special_tokens=False)
-    width = enc["input_ids"].shape[1]
-    sampler = RowSamplingProcessor(requests, width, tokenizer.eos_token_id)
-    calc = CalculatorProcessor(tokenizer, requests, width)
-    out = model.generate(
-        **enc, do_sample=False, max_new_tokens=max(r.max_new_tokens for r in requests),
-        logits_processor=LogitsProcessorList([sampler, calc]),
-        stopping_criteria=StoppingCriteriaList([FinalAnswerStop(tokenizer, width, len(requests))]),
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, temperature=None, top_p=None, top_k=None,
-    )
-    results = []
-    ends = {tokenizer.eos_token_id, tokenizer.pad_token_id}  # pad follows a row stopped at its answer
-    for row, req in enumerate(requests):
-        ids = out[row, width:].tolist()
-        end = next((i for i, t in enumerate(ids) if t in ends), None)
-        stopped = end is not None or final_answer_end(tokenizer.decode(ids, skip_special_tokens=True)) is not None
-        ids = ids[:end] if end is not None else ids
-        results.append(Decoded(
-            text=tokenizer.decode(ids, skip_special_tokens=True).strip(), num_tokens=len(ids),
-            finish_reason="stop" if stopped else "length", calculator_overrides=calc.overrides[row]))
-    return results
+    def _text(self, row: _Row) -> str:
+        return self.tokenizer.decode(row.tokens, skip_special_tokens=True)
+
+    def _result(self, row: _Row, reason: str) -> Decoded:
+        return Decoded(text=self._text(row).strip(), num_tokens=len(row.tokens), finish_reason=reason,
+                       calculator_overrides=row.calculator.overrides)
+
+    def _release(self, slot: int) -> None:
+        """Free `slot` by moving the last active row into it, so live rows stay in slots [0, n)."""
+        last = len(self.active) - 1
+        if slot != last:
+            self.cache.move_slot(last, slot)
+            self.row_start[slot] = self.row_start[last]
+            self.active[slot] = self.active[last]
+        self.active.pop()
+        if self.active:
+            self.cache.window.start = int(self.row_start[:len(self.active)].min())
+        else:
+            self.cache.window.start = self.cache.window.end
 
 
 def decode_all(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, requests: Sequence[DecodeRequest],
                batch_size: int = 32) -> list[Decoded]:
-    """Decode any number of rows in chunks of `batch_size`, grouping prompts of similar length."""
+    """Decode any number of rows, up to `batch_size` at a time, with continuous batching. Prompts are
+    admitted shortest first, so rows prefilled together need little padding."""
     order = sorted(range(len(requests)), key=lambda i: len(requests[i].prompt))
     results: list[Decoded | None] = [None] * len(requests)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        for i, decoded in zip(chunk, decode_batch(model, tokenizer, [requests[i] for i in chunk])):
-            results[i] = decoded
+
+    def done(index: int, decoded: Decoded) -> None:
+        results[order[index]] = decoded
+
+    engine = DecodeEngine(model, tokenizer, batch_size)
+    engine.add([requests[i] for i in order], done)
+    engine.run()
     return results  # type: ignore[return-value]
+
+
+def decode_batch(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                 requests: Sequence[DecodeRequest]) -> list[Decoded]:
+    """Decode all `requests` together, as one batch."""
+    return decode_all(model, tokenizer, requests, batch_size=max(1, len(requests)))
