@@ -23,7 +23,7 @@ class PoolConfig:
         max_replicas_per_node: spread replicas over nodes.
         max_batch_size: requests grouped by `@serve.batch` into one batched decode.
         batch_wait_timeout_s: how long a batch waits to fill.
-        max_rows_per_forward: rows (question x samples) decoded per `generate` call.
+        max_rows_per_forward: rows (question x samples) a replica decodes at once (continuous batching slots).
         max_ongoing_requests / max_queued_requests: past these Serve answers 503 instead of queueing forever.
     """
 

@@ -1,7 +1,9 @@
 """`Sampler`: a Ray Serve deployment that decodes with the calculator, batched, and swaps models in place.
 
-Concurrent `generate` calls are grouped by `@serve.batch`; all rows of one batch are decoded with a single
-snapshot of the policy, so every answer carries the exact `model_version` that produced it. A background
+Concurrent `generate` calls are grouped by `@serve.batch` and fed to the replica's `DecodeLoop`, where their
+rows join the rows already decoding (continuous batching) and each request returns as soon as its own rows
+are done. All rows of one batch are decoded with a single snapshot of the policy, so every answer carries
+the exact `model_version` that produced it. A background
 task follows the model registry: a new version is loaded in a thread (off the request path) and swapped in
 by one assignment; if loading fails the old model keeps serving and the error is reported to the registry.
 """
@@ -19,7 +21,8 @@ from ray import serve
 
 from services.registry import get_registry
 from trainers.checkpoints import load_policy
-from trainers.decoding import DecodeRequest, decode_all
+from services.decode_loop import DecodeLoop
+from trainers.decoding import DecodeRequest
 
 logger = logging.getLogger("ray.serve")
 POLL_INTERVAL_S = 0.5
@@ -44,7 +47,7 @@ class Sampler:
         self.registry = get_registry()
         self.policy: Policy | None = None
         self.error: dict[str, str] | None = None
-        self.max_rows_per_forward = 64
+        self.decoder = DecodeLoop(max_batch=64)
         current = ray.get(self.registry.current.remote(pool))
         if current is not None:  # come up on the pool's current version, whenever this replica starts
             self._load(*current)
@@ -52,9 +55,9 @@ class Sampler:
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Batch settings from the pool config (Serve's `user_config`; applied in place)."""
-        self._generate_batch.set_max_batch_size(int(user_config.get("max_batch_size", 32)))
-        self._generate_batch.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", 0.02)))
-        self.max_rows_per_forward = int(user_config.get("max_rows_per_forward", 64))
+        self._group.set_max_batch_size(int(user_config.get("max_batch_size", 32)))
+        self._group.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", 0.02)))
+        self.decoder.set_max_batch(int(user_config.get("max_rows_per_forward", 64)))
 
     def _load(self, version: str, checkpoint: str) -> None:
         try:
@@ -84,22 +87,21 @@ class Sampler:
 
     async def generate(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
         """Decode a request's rows (DecodeRequest fields). Returns {model_version, outputs: [Decoded dicts]}."""
-        return await self._generate_batch(rows)
+        pending = await self._group(rows)
+        return await pending
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.02)
-    async def _generate_batch(self, requests: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    async def _group(self, requests: list[list[dict[str, Any]]]) -> list[asyncio.Task]:
+        """Concurrent requests enter the decoder together (their prompts share one prefill) with the policy
+        of this moment; each then completes on its own, as soon as its own rows are decoded."""
         policy = self.policy
         if policy is None:
             raise RuntimeError(f"pool {self.pool!r} has no model yet: publish a checkpoint first")
-        flat = [DecodeRequest(**row) for rows in requests for row in rows]
-        decoded = await asyncio.to_thread(decode_all, policy.model, policy.tokenizer, flat,
-                                          self.max_rows_per_forward)
-        out, start = [], 0
-        for rows in requests:
-            chunk = decoded[start:start + len(rows)]
-            start += len(rows)
-            out.append({"model_version": policy.version, "outputs": [asdict(d) for d in chunk]})
-        return out
+        return [asyncio.ensure_future(self._decode(policy, rows)) for rows in requests]
+
+    async def _decode(self, policy: Policy, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        decoded = await self.decoder.submit(policy, [DecodeRequest(**row) for row in rows])
+        return {"model_version": policy.version, "outputs": [asdict(d) for d in decoded]}
 
     def info(self) -> dict[str, Any]:
         return {"pool": self.pool, "replica_id": self.replica_id, "node_id": ray.get_runtime_context().get_node_id(),
@@ -109,6 +111,8 @@ class Sampler:
     def check_health(self) -> None:
         if self._watcher.done():
             raise RuntimeError("registry watcher stopped")
+        if not self.decoder.alive:
+            raise RuntimeError("decode thread stopped")
 
     def __del__(self) -> None:
         try:

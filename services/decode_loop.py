@@ -1,0 +1,119 @@
+"""`DecodeLoop`: one thread per replica that runs every request through a continuous-batching engine.
+
+Requests from concurrent `@serve.batch` calls join the rows already decoding at the engine's next admission
+instead of waiting for the running batch to end, so the replica stays full under load. There is one engine
+per policy snapshot: after a hot swap new requests go to the new model's engine while rows in flight finish
+on the model they started with (each answer keeps its true `model_version`); the old engine is dropped when
+it has no rows left. Everything runs on one thread, so two models never fight over the replica's cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from trainers.decoding import DecodeEngine, Decoded, DecodeRequest
+
+logger = logging.getLogger("ray.serve")
+
+
+@dataclass(eq=False)
+class _Job:
+    policy: Any  # services.sampler.Policy; every row of a job decodes with it
+    requests: Sequence[DecodeRequest]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    results: list[Decoded | None] = field(default_factory=list)
+    remaining: int = 0
+
+    def done(self, index: int, decoded: Decoded) -> None:
+        self.results[index] = decoded
+        self.remaining -= 1
+        if self.remaining == 0:
+            self.loop.call_soon_threadsafe(_settle, self.future, self.results, None)
+
+    def fail(self, error: BaseException) -> None:
+        self.loop.call_soon_threadsafe(_settle, self.future, None, error)
+
+
+def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
+    if future.done():  # the caller went away (request cancelled)
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+class DecodeLoop:
+    def __init__(self, max_batch: int = 64) -> None:
+        self.max_batch = max_batch
+        self._inbox: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._engines: dict[int, tuple[Any, DecodeEngine, set[_Job]]] = {}  # id(policy) -> engine
+        self._thread = threading.Thread(target=self._run, name="dpost-decode", daemon=True)
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def submit(self, policy: Any, requests: Sequence[DecodeRequest]) -> asyncio.Future:
+        """Queue `requests` for decoding with `policy`; the future resolves to their `Decoded`s, in order."""
+        loop = asyncio.get_running_loop()
+        job = _Job(policy, list(requests), loop, loop.create_future(), [None] * len(requests), len(requests))
+        if not requests:
+            job.future.set_result([])
+        else:
+            self._inbox.put(job)
+        return job.future
+
+    def set_max_batch(self, max_batch: int) -> None:
+        """Applies to engines created from now on (each engine's cache is sized when it is made)."""
+        self.max_batch = max_batch
+
+    def _run(self) -> None:
+        while True:
+            busy = any(not engine.idle for _, engine, _ in self._engines.values())
+            try:
+                self._accept(self._inbox.get(block=not busy))
+                while True:
+                    self._accept(self._inbox.get_nowait())
+            except queue.Empty:
+                pass
+            except Exception:  # _accept failed the job itself; keep serving the others
+                logger.exception("could not queue a request")
+            for key, (policy, engine, jobs) in list(self._engines.items()):
+                if engine.idle:
+                    del self._engines[key]  # nothing left to decode with this snapshot
+                    continue
+                try:
+                    engine.step()
+                except Exception as exc:  # fail this engine's requests, keep the replica serving
+                    logger.exception("decode step failed")
+                    del self._engines[key]
+                    for job in jobs:
+                        job.fail(exc)
+
+    def _accept(self, job: _Job) -> None:
+        key = id(job.policy)
+        if key not in self._engines:
+            engine = DecodeEngine(job.policy.model, job.policy.tokenizer, self.max_batch)
+            self._engines[key] = (job.policy, engine, set())
+        _, engine, jobs = self._engines[key]
+        try:
+            engine.add(job.requests, lambda index, decoded: self._done(jobs, job, index, decoded))
+        except Exception as exc:  # e.g. the tokenizer refused a prompt: only this request fails
+            job.fail(exc)
+            raise
+        jobs.add(job)
+
+    @staticmethod
+    def _done(jobs: set[_Job], job: _Job, index: int, decoded: Decoded) -> None:
+        job.done(index, decoded)
+        if job.remaining == 0:
+            jobs.discard(job)
+
