@@ -96,6 +96,27 @@ def test_engine_refills_slots_while_other_rows_decode(trained):
     assert engine.steps < static_steps
 
 
+@pytest.mark.ray
+def test_samples_of_one_question_share_one_prefill_and_keep_their_own_seeds(trained, monkeypatch):
+    model, tokenizer, problems = trained
+    rows = [DecodeRequest(prompt=format_prompt(p.question), max_new_tokens=24, temperature=0.9, seed=k)
+            for p in problems[:3] for k in range(4)]
+    alone = decode_all(model, tokenizer, rows, batch_size=1)
+    prefill_rows: list[int] = []
+    forward = model.forward
+
+    def counting_forward(*args: Any, **kwargs: Any) -> Any:
+        if kwargs["input_ids"].shape[1] > 1:
+            prefill_rows.append(kwargs["input_ids"].shape[0])
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", counting_forward)
+    together = decode_all(model, tokenizer, rows, batch_size=12)
+    assert prefill_rows == [3]  # one prefill, one row per distinct question
+    assert [d.text for d in together] == [d.text for d in alone]
+    assert len({d.text for d in together[:4]}) > 1  # each sample follows its own seed
+
+
 @dataclass(frozen=True)
 class _Policy:
     version: str

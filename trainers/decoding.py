@@ -125,6 +125,10 @@ class DecodeEngine:
     """Continuous batching over one model: `add` rows any time, `step` until `idle`; each finished row is
     passed to its `on_done(index, Decoded)` callback."""
 
+    # Waiting rows are prefilled once this share of the slots is free (or nothing runs): a prefill per
+    # finishing row would cost about a decode step each time.
+    admit_when_free = 0.125
+
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_batch: int = 32) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -148,8 +152,11 @@ class DecodeEngine:
 
     def add(self, requests: Iterable[DecodeRequest], on_done: Callable[[int, Decoded], None],
             first_index: int = 0) -> None:
+        requests = list(requests)
         prompts = [r.prompt for r in requests]
         encoded = self.tokenizer(prompts, add_special_tokens=False)["input_ids"] if prompts else []
+        if any(not ids for ids in encoded):
+            raise ValueError("a prompt encodes to no tokens")
         for i, (request, ids) in enumerate(zip(requests, encoded)):
             self.waiting.append((_Row(first_index + i, request, ids, self.tokenizer), on_done))
 
@@ -157,9 +164,7 @@ class DecodeEngine:
     def step(self) -> None:
         """Admit waiting rows into free slots (one batched prefill), then decode one token for every row."""
         free = self.max_batch - len(self.active)
-        # Prefill only when a quarter of the slots are free (or nothing runs): one prefill per finishing row
-        # would cost almost a decode step each.
-        if self.waiting and free and (free * 4 >= self.max_batch or not self.active):
+        if self.waiting and free and (free >= self.admit_when_free * self.max_batch or not self.active):
             self._admit(free)
         if self.active:
             self._decode()
@@ -170,31 +175,34 @@ class DecodeEngine:
 
     def _admit(self, free: int) -> None:
         admitted = [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]
-        lengths = [len(row.prompt_ids) for row, _ in admitted]
-        width = max(lengths)
-        ids = torch.full((len(admitted), width), self.pad, dtype=torch.long)
-        mask = torch.zeros((len(admitted), width), dtype=torch.long)
-        for i, ((row, _), n) in enumerate(zip(admitted, lengths)):
-            ids[i, width - n:] = torch.tensor(row.prompt_ids, dtype=torch.long)
-            mask[i, width - n:] = 1
+        # rows with the same prompt (n samples of one question) share one prefill
+        sources: dict[tuple[int, ...], int] = {}
+        source_of = [sources.setdefault(tuple(row.prompt_ids), len(sources)) for row, _ in admitted]
+        prompts = list(sources)
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, prompt in enumerate(prompts):
+            ids[i, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+            mask[i, width - len(prompt):] = 1
         prefill = DynamicCache()
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                          past_key_values=prefill, use_cache=True, **self.keep_last)
-        longest_new = max(row.request.max_new_tokens for row, _ in admitted)
         if self.cache.capacity == 0:
+            longest_new = max(row.request.max_new_tokens for row, _ in admitted)
             self.cache.window.start = self.cache.window.end = width
             self.cache.allocate_like(prefill, self.max_batch, width + 2 * longest_new + 2)
         self.row_start += self.cache.make_room(width, 1)
         end = self.cache.window.end
-        logits = out.logits[:, -1, :]
-        greedy = logits.argmax(-1).tolist()
-        for i, ((row, on_done), n) in enumerate(zip(admitted, lengths)):
+        logits = out.logits[:, -1, :][source_of]
+        for (row, on_done), source in zip(admitted, source_of):
+            n = len(prompts[source])
             slot = len(self.active)
             self.active.append((row, on_done))
-            self.cache.place(slot, prefill, i, n)
+            self.cache.place(slot, prefill, source, n)
             self.row_start[slot] = end - n
             self.cache.window.start = min(self.cache.window.start, end - n)
-        self._advance(admitted, logits, greedy, offset=len(self.active) - len(admitted))
+        self._advance(admitted, logits, logits.argmax(-1).tolist(), offset=len(self.active) - len(admitted))
 
     def _decode(self) -> None:
         rows = len(self.active)
