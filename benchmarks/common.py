@@ -37,6 +37,9 @@ def setup_env() -> None:
     os.environ.setdefault("MKL_NUM_THREADS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    from services.config import apply_serve_env
+
+    apply_serve_env()
     venv_cache = REPO / ".venv" / "torch_extensions"
     if "TORCH_EXTENSIONS_DIR" not in os.environ:
         if venv_cache.is_dir():

@@ -58,6 +58,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.address:
         connect(args.address)
     else:
+        from services.config import apply_serve_env
+
+        apply_serve_env()
         # "local": always a fresh cluster; a bare ray.init() would join whatever /tmp/ray last recorded
         ray.init(address="local", include_dashboard=False, namespace="dpost",
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}})

@@ -26,9 +26,11 @@ from trainers.errors import CheckpointError, ConfigError
 
 def build_app(pool: str, config: ServingConfig):
     options = config.pool(pool).deployment_options()
-    if pool == "rollout":  # the loop's internal traffic: a log line per request would bury the progress bars
-        return Sampler.options(**options, logging_config={"enable_access_log": False}).bind(pool)
-    sampler = Sampler.options(**options).bind(pool)
+    # No access log on the samplers: the loop's traffic would bury the progress bars, and the solver's
+    # requests are already logged once by the ingress.
+    sampler = Sampler.options(**options, logging_config={"enable_access_log": False}).bind(pool)
+    if pool == "rollout":
+        return sampler
     limits = {k: v for k, v in asdict(config).items() if k not in POOLS}
     # the ingress only parses JSON and awaits the sampler: it must not hold a CPU that training needs
     return SolverAPI.options(ray_actor_options={"num_cpus": 0},

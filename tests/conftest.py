@@ -10,9 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from services.config import apply_serve_env
+
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+apply_serve_env()  # the Serve settings users get, before any test starts a cluster
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "dpost" / "torch_extensions"))
 
 GSM8K_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
