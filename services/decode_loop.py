@@ -27,8 +27,12 @@ class _Job:
     requests: Sequence[DecodeRequest]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
-    results: list[Decoded | None] = field(default_factory=list)
-    remaining: int = 0
+    results: list[Decoded | None] = field(init=False)
+    remaining: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.results = [None] * len(self.requests)
+        self.remaining = len(self.requests)
 
     def done(self, index: int, decoded: Decoded) -> None:
         self.results[index] = decoded
@@ -64,7 +68,7 @@ class DecodeLoop:
     def submit(self, policy: Any, requests: Sequence[DecodeRequest]) -> asyncio.Future:
         """Queue `requests` for decoding with `policy`; the future resolves to their `Decoded`s, in order."""
         loop = asyncio.get_running_loop()
-        job = _Job(policy, list(requests), loop, loop.create_future(), [None] * len(requests), len(requests))
+        job = _Job(policy, list(requests), loop, loop.create_future())
         if not requests:
             job.future.set_result([])
         else:

@@ -150,15 +150,15 @@ class DecodeEngine:
     def idle(self) -> bool:
         return not self.waiting and not self.active
 
-    def add(self, requests: Iterable[DecodeRequest], on_done: Callable[[int, Decoded], None],
-            first_index: int = 0) -> None:
+    def add(self, requests: Iterable[DecodeRequest], on_done: Callable[[int, Decoded], None]) -> None:
+        """Queue rows; `on_done` gets each row's index in `requests` and its result."""
         requests = list(requests)
         prompts = [r.prompt for r in requests]
         encoded = self.tokenizer(prompts, add_special_tokens=False)["input_ids"] if prompts else []
         if any(not ids for ids in encoded):
             raise ValueError("a prompt encodes to no tokens")
         for i, (request, ids) in enumerate(zip(requests, encoded)):
-            self.waiting.append((_Row(first_index + i, request, ids, self.tokenizer), on_done))
+            self.waiting.append((_Row(i, request, ids, self.tokenizer), on_done))
 
     @torch.inference_mode()
     def step(self) -> None:
