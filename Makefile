@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(BIN)/dpost run configs/demo.yaml
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25 tests
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/sampler.py

@@ -201,7 +201,7 @@ class DecodeEngine:
             self.active.append((row, on_done))
             self.cache.place(slot, prefill, source, n)
             self.row_start[slot] = end - n
-            self.cache.window.start = min(self.cache.window.start, end - n)
+        self._fit_window()
         self._advance(admitted, logits, logits.argmax(-1).tolist(), offset=len(self.active) - len(admitted))
 
     def _decode(self) -> None:
@@ -264,10 +264,13 @@ class DecodeEngine:
             self.row_start[slot] = self.row_start[last]
             self.active[slot] = self.active[last]
         self.active.pop()
-        if self.active:
-            self.cache.window.start = int(self.row_start[:len(self.active)].min())
-        else:
-            self.cache.window.start = self.cache.window.end
+        self._fit_window()
+
+    def _fit_window(self) -> None:
+        """The cache window starts at the oldest live row's first column (empty when no row is live)."""
+        rows = len(self.active)
+        window = self.cache.window
+        window.start = int(self.row_start[:rows].min()) if rows else window.end
 
 
 def decode_all(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, requests: Sequence[DecodeRequest],
