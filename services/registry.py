@@ -52,6 +52,10 @@ class ModelRegistry:
         entry = self.pools.get(pool)
         return (entry["version"], entry["checkpoint"]) if entry and "version" in entry else None
 
+    def node_id(self) -> str:
+        """The node this registry runs on (it should be the head; see `get_registry`)."""
+        return ray.get_runtime_context().get_node_id()
+
     def heartbeat(self, replica_id: str, pool: str, version: str | None, error: dict[str, str] | None) -> None:
         self.replicas[replica_id] = {"pool": pool, "version": version, "error": error, "seen": time.time()}
 
@@ -71,11 +75,14 @@ def get_registry() -> "ray.actor.ActorHandle":
     """The cluster's registry, created on first use; detached so it outlives the job that made it.
 
     It lives on the head node: whoever asks first (often a replica starting on a sampler node) must not
-    decide where it runs, or losing that node would lose every pool's version and every replica's reports."""
+    decide where it runs, or losing that node would lose every pool's version and every replica's reports.
+    The affinity is hard: a soft one fell back to a worker node whenever the registry was created in the first
+    seconds of a cluster, before the head's resources were reported. The head holds the GCS, so a cluster that
+    lost it has no registry to keep anyway; the registry needs no CPU, so it always fits there."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     return ModelRegistry.options(name=REGISTRY_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
-                                 scheduling_strategy=NodeAffinitySchedulingStrategy(_head_node_id(), soft=True),
+                                 scheduling_strategy=NodeAffinitySchedulingStrategy(_head_node_id(), soft=False),
                                  ).remote()
 
 

@@ -50,7 +50,10 @@ def main(config_path: str, port: int) -> None:
 
     answer = httpx.post(f"http://127.0.0.1:{port}/v1/solve", json={"question": "Ava has 3 pens. How many?"},
                         timeout=120)
+    from services.registry import get_registry
+
     print("RESULT " + json.dumps({
+        "registry_node": ray.get(get_registry().node_id.remote()), "head_node": cluster.head_node.node_id,
         "http_status": answer.status_code, "http_body": answer.json(),
         "result": result, "removed": removed, "trainer_node": trainer.node_id,
         "sampler_nodes": [n.node_id for n in samplers], "manifest": manifest,

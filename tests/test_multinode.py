@@ -37,7 +37,10 @@ def test_placement_by_node_type_and_sampler_node_loss_during_rollout(tmp_path, s
     seen = json.loads(lines[-1][len("RESULT "):])
     manifest = seen["manifest"]
 
-    # placement: rollout replicas only on sampler nodes, one per node; training only on the trainer node
+    # placement: rollout replicas only on sampler nodes, one per node; training only on the trainer node;
+    # the model registry on the head, wherever it was first asked for (losing it with a sampler node once
+    # left a swap waiting for replicas that reported to a dead registry)
+    assert seen["registry_node"] == seen["head_node"]
     assert set(seen["removed"]["placements_before"]) == set(seen["sampler_nodes"])
     for version in ("sft-0", "dpo-1", "sft-1"):
         assert manifest["versions"][version]["rank0_node_id"] == seen["trainer_node"]
