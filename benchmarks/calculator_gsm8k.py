@@ -20,8 +20,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from trainers.answers import answers_match, parse_number  # noqa: E402
-from trainers.calculator import CalculatorError, annotations, calculate  # noqa: E402
+from trainers.core.answers import answers_match, parse_number  # noqa: E402
+from trainers.core.calculator import CalculatorError, annotations, calculate  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
 EXAMPLES_PER_KIND = 3

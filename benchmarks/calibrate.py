@@ -28,14 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from trainers.checkpoints import load_policy  # noqa: E402
-from trainers.data import Problem, load_problems  # noqa: E402
-from trainers.decoding import decode_all  # noqa: E402
-from trainers.dedup import dedup  # noqa: E402
-from trainers.prompting import format_completion  # noqa: E402
-from trainers.sampling import SamplingParams, make_requests, to_records  # noqa: E402
-from trainers.synthetic import SyntheticTaskConfig, build_synthetic_task, corpus_texts  # noqa: E402
-from trainers.tiny_model import PRESETS, build_tiny_model  # noqa: E402
+from trainers.models.checkpoints import load_policy  # noqa: E402
+from trainers.data.problems import Problem, load_problems  # noqa: E402
+from trainers.engine.decoding import decode_all  # noqa: E402
+from trainers.core.dedup import dedup  # noqa: E402
+from trainers.core.prompting import format_completion  # noqa: E402
+from trainers.engine.rows import SamplingParams, make_requests, to_records  # noqa: E402
+from trainers.data.synthetic import SyntheticTaskConfig, build_synthetic_task, corpus_texts  # noqa: E402
+from trainers.models.scratch import PRESETS, build_tiny_model  # noqa: E402
 
 
 class Timer:
@@ -55,8 +55,8 @@ class Timer:
 def sft(base: Path, pairs: Sequence[tuple[str, str]], out: Path, steps: int, lr: float, batch: int,
         seed: int = 0) -> dict[str, Any]:
     """Train `base` on (question, rationale) pairs with TRL's SFTTrainer; save to `out`; return loss info."""
-    from trainers.stage_config import SFTStageConfig
-    from trainers.training import build_trainer
+    from trainers.training.config import SFTStageConfig
+    from trainers.training.ray_train import build_trainer
 
     data = Path(tempfile.mkdtemp(prefix="calib-data-")) / "sft.jsonl"
     data.write_text("".join(json.dumps({"question": q, "answer": r}) + "\n" for q, r in pairs))

@@ -239,7 +239,7 @@ def free_port() -> int:
 
 def task_config(quick: bool, seed: int, n_labeled: int = 400, n_test: int = 200):
     """The synthetic task, sized for a benchmark (tiny unlabeled/dev/ood splits: nothing here uses them)."""
-    from trainers.synthetic import SyntheticTaskConfig
+    from trainers.data.synthetic import SyntheticTaskConfig
 
     if quick:
         n_labeled, n_test = min(n_labeled, 160), min(n_test, 48)
@@ -248,15 +248,15 @@ def task_config(quick: bool, seed: int, n_labeled: int = 400, n_test: int = 200)
 
 def build_task(work: Path, config) -> dict[str, Path]:
     """Write the synthetic task as GSM8K jsonl files (split -> path) under work/task."""
-    from trainers.synthetic import build_synthetic_task
+    from trainers.data.synthetic import build_synthetic_task
 
     return build_synthetic_task(config, work / "task")
 
 
 def build_base(work: Path, preset: str, config, seed: int, n_texts: int = 5000) -> Path:
     """A from-scratch model folder of `preset` (tokenizer trained on the task's own text, random weights)."""
-    from trainers.synthetic import corpus_texts
-    from trainers.tiny_model import build_tiny_model
+    from trainers.data.synthetic import corpus_texts
+    from trainers.models.scratch import build_tiny_model
 
     return build_tiny_model(work / f"base-{preset}", preset, corpus_texts(config, n_texts), seed)
 
@@ -276,8 +276,8 @@ def sft_in_process(base: Path, labeled_path: Path, out: Path, steps: int, batch:
     """
     import torch
 
-    from trainers.stage_config import SFTStageConfig
-    from trainers.training import build_trainer
+    from trainers.training.config import SFTStageConfig
+    from trainers.training.ray_train import build_trainer
 
     torch.set_num_threads(1)
     # the production trainer in one process: no Ray callbacks, no DeepSpeed, no intermediate checkpoints

@@ -12,7 +12,7 @@ in-process decoding section's).
 
 What is measured, and how to read it:
 
-1. Decoding (the paper's Fig. 4). `trainers.decoding.decode_all` (the continuous-batching `DecodeEngine` with
+1. Decoding (the paper's Fig. 4). `trainers.engine.decoding.decode_all` (the continuous-batching `DecodeEngine` with
    `batch` slots, the code path every pool replica runs) on the SAME prompts, greedy, with the same fixed
    `max_new_tokens`, at batch 1, 8, 16, 32, with and without the calculator. A workload of many prompts (256
    by default; a rollout stage decodes ~1,000 rows) keeps the slots full; its last rows drain at a lower
@@ -110,8 +110,8 @@ def parse_args(argv: Sequence[str] | None = None):
 def decode_section(model: Any, tokenizer: Any, problems: Sequence[Any], batch_sizes: Sequence[int],
                    max_new_tokens: int, repeats: int, min_cell_s: float) -> dict[str, Any]:
     """tokens/s per (batch size, calculator on/off); repeats are interleaved so load drift hits every cell."""
-    from trainers.decoding import DecodeRequest, decode_all
-    from trainers.sampling import SamplingParams, make_requests
+    from trainers.engine.decoding import DecodeRequest, decode_all
+    from trainers.engine.rows import SamplingParams, make_requests
 
     requests = {calc: make_requests(problems, SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens,
                                                              calculator=calc))
@@ -323,7 +323,7 @@ def serving_sections(args: Any, checkpoint: Path, work: Path, questions: Sequenc
 
     from services.config import PoolConfig, ServingConfig
     from services.pools import deploy_pool, start_serve
-    from trainers.prompting import format_prompt
+    from trainers.core.prompting import format_prompt
 
     copy = work / "checkpoint-copy"
     shutil.rmtree(copy, ignore_errors=True)
@@ -373,8 +373,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     import torch
 
-    from trainers.checkpoints import load_policy
-    from trainers.data import load_problems
+    from trainers.models.checkpoints import load_policy
+    from trainers.data.problems import load_problems
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

@@ -7,14 +7,14 @@ Same model (`small` preset, from scratch; `tiny` with --quick), same data, same 
 
   plain     TRL's SFTTrainer / DPOTrainer in ONE fresh Python process: no Ray, no DeepSpeed, use_cpu=True,
             one torch thread. It is the very trainer a Ray Train worker builds
-            (`trainers.training.build_trainer(kind, config, ray_train=False)` with zero_stage=0).
-  ray-N     `trainers.training.train_sft` / `train_dpo`: Ray Train TorchTrainer, N workers (1 and 2), each
+            (`trainers.training.ray_train.build_trainer(kind, config, ray_train=False)` with zero_stage=0).
+  ray-N     `trainers.training.ray_train.train_sft` / `train_dpo`: Ray Train TorchTrainer, N workers (1 and 2), each
             running the same TRL trainer under DeepSpeed ZeRO-2 (gloo, fp32). With N workers the global batch
             is N x the per-device batch (data parallel), so compare tokens/s across N, steps/s against plain.
 
 SFT data: the synthetic labeled split (prompt -> rationale, loss on the rationale). DPO data: pairs built as in
 tests/test_training.py: the plain-SFT model samples each labeled question at T=0.7, correct samples plus the gold
-rationale are `chosen`, wrong ones `rejected` (trainers.pairs.preference_pairs); every DPO run starts from that
+rationale are `chosen`, wrong ones `rejected` (trainers.core.pairs.preference_pairs); every DPO run starts from that
 SFT model (also its reference) and gets its own copy of the pairs file, so no run reuses another's cached
 reference log-probs. DPO uses the project's `DPOStageConfig` defaults (beta, RPO weight, precomputed reference).
 
@@ -34,7 +34,7 @@ Columns, and how to read them:
                      `train_runtime`: imports, worker start, model + data loading, tokenisation, DeepSpeed init,
                      DPO reference log-prob precompute, checkpoint reporting. ray.init is reported once apart.
   peak RSS MiB       per worker process, the kernel's high-water mark (VmHWM in /proc/<pid>/status, read by a
-                     psutil poller every 0.5 s from outside: trainers/training.py is not instrumented). For plain,
+                     psutil poller every 0.5 s from outside: trainers/training/ray_train.py is not instrumented). For plain,
                      `resource.getrusage(RUSAGE_SELF).ru_maxrss` of the child process. Both include the process's
                      own imports (a Ray worker also carries Ray's core worker, ~100-150 MiB). Forks of a worker
                      (they inherit its title) and the TrainController are listed apart in the JSON
@@ -111,14 +111,14 @@ def parse_args(argv: Sequence[str] | None = None):
 # ---------------------------------------------------------------------------------------------- plain TRL
 
 def _plain_trainer(kind: str, config: Any, step_times: list[tuple[int, float]]):
-    """The exact TRL trainer a Ray Train worker builds (`trainers.training.build_trainer`), built for one plain
+    """The exact TRL trainer a Ray Train worker builds (`trainers.training.ray_train.build_trainer`), built for one plain
     process: `ray_train=False` (no Ray callbacks) and `zero_stage=0` (no DeepSpeed). A callback timestamps
     every logged step."""
     from dataclasses import replace
 
     from transformers import TrainerCallback
 
-    from trainers.training import build_trainer
+    from trainers.training.ray_train import build_trainer
 
     class StepClock(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs) -> None:
@@ -137,7 +137,7 @@ def plain_child(spec_path: str) -> None:
     t_start = time.perf_counter()
     import torch
 
-    from trainers.stage_config import DPOStageConfig, SFTStageConfig
+    from trainers.training.config import DPOStageConfig, SFTStageConfig
 
     torch.set_num_threads(1)
     kind = spec["kind"]
@@ -321,7 +321,7 @@ def ray_logs_dir() -> Path | None:
 
 
 def run_ray(kind: str, config: Any, seen_pids: set[int]) -> dict[str, Any]:
-    from trainers.training import train_dpo, train_sft
+    from trainers.training.ray_train import train_dpo, train_sft
 
     watcher = RayJobWatcher(ray_logs_dir(), seen_pids)
     watcher.start()
@@ -344,7 +344,7 @@ def mean_tokens_per_example(kind: str, data_path: Path, tokenizer_path: Path) ->
     sequences of a pair)."""
     from transformers import AutoTokenizer
 
-    from trainers.training import _read_jsonl, _sft_dataset
+    from trainers.training.ray_train import _read_jsonl, _sft_dataset
 
     tok = AutoTokenizer.from_pretrained(tokenizer_path)
 
@@ -364,12 +364,12 @@ def build_pairs(sft_model: Path, labeled: Path, n_questions: int, out: Path, see
     rationale joining the correct ones, correct vs wrong per question."""
     from transformers import AutoTokenizer
 
-    from trainers.checkpoints import load_policy
-    from trainers.data import load_problems
-    from trainers.decoding import decode_all
-    from trainers.pairs import preference_pairs
-    from trainers.prompting import format_completion, format_prompt
-    from trainers.sampling import SamplingParams, make_requests, to_records
+    from trainers.models.checkpoints import load_policy
+    from trainers.data.problems import load_problems
+    from trainers.engine.decoding import decode_all
+    from trainers.core.pairs import preference_pairs
+    from trainers.core.prompting import format_completion, format_prompt
+    from trainers.engine.rows import SamplingParams, make_requests, to_records
 
     problems = list(load_problems(labeled))[:n_questions]
     tok = AutoTokenizer.from_pretrained(sft_model)
@@ -470,7 +470,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return {}
     import torch
 
-    from trainers.stage_config import DPOStageConfig, SFTStageConfig
+    from trainers.training.config import DPOStageConfig, SFTStageConfig
 
     torch.set_num_threads(1)
     phases = PhaseTimer()

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from trainers.errors import ConfigError, DpostError
+from trainers.core.errors import ConfigError, DpostError
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -209,11 +209,11 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_build_model(args: argparse.Namespace) -> int:
-    from trainers.synthetic import SyntheticTaskConfig, corpus_texts
-    from trainers.tiny_model import build_tiny_model
+    from trainers.data.synthetic import SyntheticTaskConfig, corpus_texts
+    from trainers.models.scratch import build_tiny_model
 
     if args.data:
-        from trainers.data import load_problems
+        from trainers.data.problems import load_problems
 
         texts = [f"{p.question}\n{p.rationale or ''}" for p in load_problems(args.data).problems]
     else:

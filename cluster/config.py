@@ -19,10 +19,10 @@ from typing import Any
 import yaml
 
 from services.config import ServingConfig
-from trainers.errors import ConfigError, reject_unknown_keys
-from trainers.stage_config import DPOStageConfig, SFTStageConfig
-from trainers.synthetic import SyntheticTaskConfig
-from trainers.tiny_model import PRESETS
+from trainers.core.errors import ConfigError, reject_unknown_keys
+from trainers.training.config import DPOStageConfig, SFTStageConfig
+from trainers.data.synthetic import SyntheticTaskConfig
+from trainers.models.scratch import PRESETS
 
 MODES = ("dpo-st", "st", "rft")
 
@@ -218,7 +218,7 @@ def validate(config: RunConfig, check_files: bool = True) -> None:
         raise ConfigError(f"sampling.temperature must be in (0, 2], got {s.temperature}")
     if not 0 <= s.dedup_threshold <= 1:
         raise ConfigError(f"sampling.dedup_threshold must be in [0, 1], got {s.dedup_threshold}")
-    from trainers.dedup import DEDUP_METHODS
+    from trainers.core.dedup import DEDUP_METHODS
 
     for name in (s.dedup, config.rft.dedup):
         if name not in DEDUP_METHODS:

@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from trainers.data import FORMATS
-from trainers.errors import ConfigError
+from trainers.data.problems import FORMATS
+from trainers.core.errors import ConfigError
 from trainers.evaluation import (DecodeFn, EvalConfig, evaluate, format_skipped, format_throughput, plan_runs,
                                  terminal_table)
 
@@ -92,8 +92,8 @@ def _model_id(checkpoint: str) -> str:
 def _local_decoder(checkpoint: str, batch_size: int) -> tuple[DecodeFn, str]:
     import torch
 
-    from trainers.checkpoints import load_policy
-    from trainers.decoding import decode_all
+    from trainers.models.checkpoints import load_policy
+    from trainers.engine.decoding import decode_all
 
     model, tokenizer = load_policy(checkpoint, device="cuda" if torch.cuda.is_available() else "cpu")
 

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 from cluster.config import RunConfig, config_from_yaml_text, load_config
-from trainers.errors import DpostError
+from trainers.core.errors import DpostError
 
 
 def coordinator_name(config: RunConfig) -> str:

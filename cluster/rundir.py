@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from trainers.files import atomic_write_text
+from trainers.core.files import atomic_write_text
 
 
 def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> Path:

@@ -15,12 +15,12 @@ from typing import Any, Callable
 from cluster.config import RunConfig
 from cluster.rundir import RunDir, read_jsonl, write_jsonl
 from services.pools import sample_rows, swap
-from trainers.data import Problem, load_problems, write_gsm8k_jsonl
-from trainers.dedup import dedup_clusters
-from trainers.pairs import preference_pairs as build_pairs
-from trainers.prompting import format_completion, format_prompt
-from trainers.sampling import SamplingParams, make_requests, to_records
-from trainers.training import train_dpo, train_sft
+from trainers.data.problems import Problem, load_problems, write_gsm8k_jsonl
+from trainers.core.dedup import dedup_clusters
+from trainers.core.pairs import preference_pairs as build_pairs
+from trainers.core.prompting import format_completion, format_prompt
+from trainers.engine.rows import SamplingParams, make_requests, to_records
+from trainers.training.ray_train import train_dpo, train_sft
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -55,7 +55,7 @@ def prepare_data(config: RunConfig, run: RunDir) -> dict[str, Any]:
     """Synthetic splits, or the user's files copied in as GSM8K jsonl (so later stages read one format)."""
     out: dict[str, Any] = {}
     if config.data.synthetic is not None:
-        from trainers.synthetic import build_synthetic_task
+        from trainers.data.synthetic import build_synthetic_task
 
         paths = build_synthetic_task(config.synthetic_config(), run.data / "task")
         out = {f"{split}_path": str(path) for split, path in paths.items()}
@@ -72,7 +72,7 @@ def build_base(config: RunConfig, run: RunDir, data: dict[str, Any]) -> dict[str
     """f0: a from-scratch preset (tokenizer trained on the task's text) or the user's model as is."""
     if config.model.path:
         return {"checkpoint": config.model.path, "source": "path"}
-    from trainers.tiny_model import build_tiny_model
+    from trainers.models.scratch import build_tiny_model
 
     texts = [f"{p.question}\n{p.rationale}" for p in load_problems(data["labeled_path"]).problems]
     texts += [p.question for p in load_problems(data["unlabeled_path"]).problems]

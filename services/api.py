@@ -20,9 +20,9 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.config import ServingConfig
-from trainers.answers import answers_match, cut_after_answer, extract_answer, format_answer
-from trainers.metrics import majority_vote
-from trainers.prompting import format_prompt
+from trainers.core.answers import answers_match, cut_after_answer, extract_answer, format_answer
+from trainers.core.metrics import majority_vote
+from trainers.core.prompting import format_prompt
 
 app = FastAPI(title="dpost solver", version="1")
 LIMITS = ServingConfig()  # replaced per deployment in SolverAPI.__init__

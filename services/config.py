@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainers.errors import ConfigError, reject_unknown_keys
+from trainers.core.errors import ConfigError, reject_unknown_keys
 
 POOLS = ("rollout", "solver")
 

@@ -16,7 +16,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from trainers.decoding import DecodeEngine, Decoded, DecodeRequest
+from trainers.engine.decoding import DecodeEngine, Decoded, DecodeRequest
 
 logger = logging.getLogger("ray.serve")
 

@@ -19,9 +19,9 @@ from services.api import SolverAPI
 from services.config import POOLS, ServingConfig
 from services.registry import get_registry
 from services.sampler import Sampler
-from trainers.checkpoints import validate_checkpoint
-from trainers.decoding import Decoded, DecodeRequest
-from trainers.errors import CheckpointError, ConfigError
+from trainers.models.checkpoints import validate_checkpoint
+from trainers.engine.decoding import Decoded, DecodeRequest
+from trainers.core.errors import CheckpointError, ConfigError
 
 
 def build_app(pool: str, config: ServingConfig):

@@ -20,9 +20,9 @@ import ray
 from ray import serve
 
 from services.registry import get_registry
-from trainers.checkpoints import load_policy
+from trainers.models.checkpoints import load_policy
 from services.decode_loop import DecodeLoop
-from trainers.decoding import DecodeRequest
+from trainers.engine.decoding import DecodeRequest
 
 logger = logging.getLogger("ray.serve")
 POLL_INTERVAL_S = 0.5

@@ -30,7 +30,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory) -> Path:
-    from trainers.synthetic import SyntheticTaskConfig, build_synthetic_task
+    from trainers.data.synthetic import SyntheticTaskConfig, build_synthetic_task
 
     out = tmp_path_factory.mktemp("synthetic")
     build_synthetic_task(SyntheticTaskConfig(seed=0, n_labeled=200, n_unlabeled=200, n_dev=40, n_test=40,
@@ -40,8 +40,8 @@ def synthetic_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def base_checkpoint(synthetic_dir, tmp_path_factory) -> Path:
-    from trainers.synthetic import SyntheticTaskConfig, corpus_texts
-    from trainers.tiny_model import build_tiny_model
+    from trainers.data.synthetic import SyntheticTaskConfig, corpus_texts
+    from trainers.models.scratch import build_tiny_model
 
     texts = corpus_texts(SyntheticTaskConfig(seed=0), 2000)
     return build_tiny_model(tmp_path_factory.mktemp("models") / "base", "tiny", texts, seed=0)
@@ -88,8 +88,8 @@ def serve_port(ray_cluster) -> int:
 @pytest.fixture(scope="session")
 def sft_result(ray_cluster, base_checkpoint, synthetic_dir, tmp_path_factory):
     """A tiny model SFT-trained by the real path: Ray Train, 2 workers, DeepSpeed ZeRO-2, TRL SFTTrainer."""
-    from trainers.stage_config import SFTStageConfig
-    from trainers.training import train_sft
+    from trainers.training.config import SFTStageConfig
+    from trainers.training.ray_train import train_sft
 
     out = tmp_path_factory.mktemp("sft")
     return train_sft(SFTStageConfig(

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainers.answers import answers_match, extract_answer, extract_gold, format_answer, parse_number
-from trainers.errors import DataError
+from trainers.core.answers import answers_match, extract_answer, extract_gold, format_answer, parse_number
+from trainers.core.errors import DataError
 
 GSM8K = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
 

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainers import calculator
-from trainers.calculator import (
+from trainers.core import calculator
+from trainers.core.calculator import (
     MAX_EXPR_LEN,
     CalculatorError,
     annotations,
@@ -24,7 +24,7 @@ from trainers.calculator import (
     format_result,
     pending_expression,
 )
-from trainers.errors import CalculatorError as ErrorsCalculatorError
+from trainers.core.errors import CalculatorError as ErrorsCalculatorError
 
 HOSTILE = [
     "__import__('os')",

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from trainers import data
-from trainers.data import Problem, ProblemSet, load_problems, write_gsm8k_jsonl
-from trainers.errors import ConfigError, DataError
+from trainers.data import problems as data
+from trainers.data.problems import Problem, ProblemSet, load_problems, write_gsm8k_jsonl
+from trainers.core.errors import ConfigError, DataError
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REAL_GSM8K_TEST = Path("/work/shared/data/gsm8k/test.jsonl")

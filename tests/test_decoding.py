@@ -11,11 +11,11 @@ import torch
 from transformers import DynamicCache
 
 from services.decode_loop import DecodeLoop
-from trainers.checkpoints import load_policy
-from trainers.data import load_problems
-from trainers.decoding import DecodeEngine, DecodeRequest, decode_all
-from trainers.kv_slots import SlotCache
-from trainers.prompting import format_prompt
+from trainers.models.checkpoints import load_policy
+from trainers.data.problems import load_problems
+from trainers.engine.decoding import DecodeEngine, DecodeRequest, decode_all
+from trainers.engine.kv_slots import SlotCache
+from trainers.core.prompting import format_prompt
 
 
 def _prefill(rows: int, length: int, layers: int = 2) -> DynamicCache:

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainers import dedup as dedup_module
-from trainers.dedup import DEDUP_METHODS, dedup, dedup_clusters, equations, jaccard, register_dedup, tokens
-from trainers.errors import ConfigError
+from trainers.core import dedup as dedup_module
+from trainers.core.dedup import DEDUP_METHODS, dedup, dedup_clusters, equations, jaccard, register_dedup, tokens
+from trainers.core.errors import ConfigError
 
 A = "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips.\n#### 72"
 A_REWORDED = "In May she sold 48 / 2 = <<48 / 2=24>>24.\nAltogether 48+24=<<48+24=72>>72.\n#### 72"

@@ -11,9 +11,9 @@ import pytest
 
 from cluster import eval_cmd
 from tests.conftest import FIXTURES, GSM8K_DIR
-from trainers.data import load_problems
-from trainers.decoding import decode_all
-from trainers.errors import CheckpointError, ConfigError, DataError
+from trainers.data.problems import load_problems
+from trainers.engine.decoding import decode_all
+from trainers.core.errors import CheckpointError, ConfigError, DataError
 from trainers.evaluation import (EvalConfig, evaluate, evaluate_file, load_results, markdown_table, plan_runs,
                                  score_greedy, score_sampled, terminal_table)
 
@@ -121,7 +121,7 @@ def test_tables_show_percentages_and_the_calculator_column() -> None:
 
 @pytest.fixture(scope="module")
 def policy(base_checkpoint):
-    from trainers.checkpoints import load_policy
+    from trainers.models.checkpoints import load_policy
 
     return load_policy(base_checkpoint)
 

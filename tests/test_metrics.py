@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainers.metrics import accuracy, maj_at_k, majority_vote, pass_at_k
+from trainers.core.metrics import accuracy, maj_at_k, majority_vote, pass_at_k
 
 
 def brute_force_pass_at_k(n: int, c: int, k: int) -> float:

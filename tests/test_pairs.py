@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainers.dedup import jaccard
-from trainers.errors import ConfigError, DataError
-from trainers.pairs import preference_pairs
+from trainers.core.dedup import jaccard
+from trainers.core.errors import ConfigError, DataError
+from trainers.core.pairs import preference_pairs
 
 
 def sample(qid: str, completion: str, correct: bool, prompt: str | None = None) -> dict[str, Any]:

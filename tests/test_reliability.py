@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 from services.config import PoolConfig, ServingConfig
 from services.pools import deploy_pool, sample_rows, scale, swap
-from trainers.decoding import DecodeRequest
-from trainers.prompting import format_prompt
+from trainers.engine.decoding import DecodeRequest
+from trainers.core.prompting import format_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +71,7 @@ def test_killed_writer_leaves_the_old_file_or_the_new_one_never_half(tmp_path):
     target = tmp_path / "stage.jsonl"
     writer = (
         "import sys, itertools\n"
-        "from trainers.files import atomic_write_text\n"
+        "from trainers.core.files import atomic_write_text\n"
         "for i in itertools.count():\n"
         "    atomic_write_text(sys.argv[1], (str(i % 10) * 1000 + '\\n') * 20000)\n"
     )
@@ -182,7 +182,7 @@ def test_calculator_injection_in_generated_text_runs_no_code(base_checkpoint, tm
 
     from transformers import AutoTokenizer
 
-    from trainers.decoding import RowCalculator
+    from trainers.engine.decoding import RowCalculator
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(builtins, "eval", lambda *a, **k: pytest.fail("eval called"))

@@ -13,11 +13,11 @@ from ray import serve
 from services.config import PoolConfig, ServingConfig
 from services.pools import deploy_pool, pool_status, sample_rows, scale, swap
 from services.registry import HEARTBEAT_TTL_S
-from trainers.checkpoints import load_policy
-from trainers.data import load_problems
-from trainers.decoding import DecodeRequest, decode_batch
-from trainers.errors import CheckpointError
-from trainers.prompting import format_prompt
+from trainers.models.checkpoints import load_policy
+from trainers.data.problems import load_problems
+from trainers.engine.decoding import DecodeRequest, decode_batch
+from trainers.core.errors import CheckpointError
+from trainers.core.prompting import format_prompt
 
 pytestmark = pytest.mark.ray
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from trainers.answers import extract_gold
-from trainers.calculator import annotations, calculate
-from trainers.data import load_problems
-from trainers.errors import ConfigError
-from trainers.synthetic import (
+from trainers.core.answers import extract_gold
+from trainers.core.calculator import annotations, calculate
+from trainers.data.problems import load_problems
+from trainers.core.errors import ConfigError
+from trainers.data.synthetic import (
     LIMIT,
     SPLITS,
     TEMPLATES,

@@ -12,15 +12,15 @@ from pathlib import Path
 import psutil
 import pytest
 
-from trainers.checkpoints import load_policy
-from trainers.data import load_problems
-from trainers.decoding import decode_all
-from trainers.errors import ConfigError
-from trainers.pairs import preference_pairs
-from trainers.prompting import format_completion, format_prompt
-from trainers.sampling import SamplingParams, make_requests, to_records
-from trainers.stage_config import DPOStageConfig, SFTStageConfig
-from trainers.training import train_dpo, train_sft
+from trainers.models.checkpoints import load_policy
+from trainers.data.problems import load_problems
+from trainers.engine.decoding import decode_all
+from trainers.core.errors import ConfigError
+from trainers.core.pairs import preference_pairs
+from trainers.core.prompting import format_completion, format_prompt
+from trainers.engine.rows import SamplingParams, make_requests, to_records
+from trainers.training.config import DPOStageConfig, SFTStageConfig
+from trainers.training.ray_train import train_dpo, train_sft
 
 pytestmark = pytest.mark.ray
 

@@ -26,13 +26,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, Union
 
-from trainers.answers import answers_match, format_answer
-from trainers.data import Problem, ProblemSet, load_problems
-from trainers.decoding import Decoded, DecodeRequest
-from trainers.files import atomic_write_text
-from trainers.errors import ConfigError
-from trainers.metrics import accuracy, maj_at_k, majority_vote, pass_at_k
-from trainers.sampling import SamplingParams, make_requests, to_records
+from trainers.core.answers import answers_match, format_answer
+from trainers.data.problems import Problem, ProblemSet, load_problems
+from trainers.engine.decoding import Decoded, DecodeRequest
+from trainers.core.files import atomic_write_text
+from trainers.core.errors import ConfigError
+from trainers.core.metrics import accuracy, maj_at_k, majority_vote, pass_at_k
+from trainers.engine.rows import SamplingParams, make_requests, to_records
 
 __all__ = ["DecodeFn", "EvalConfig", "PlannedRun", "evaluate", "evaluate_file", "format_skipped",
            "format_throughput", "load_results", "markdown_report", "markdown_table", "plan_runs", "score_greedy",
@@ -51,7 +51,7 @@ class EvalConfig:
     results, so a resumed run must match the stored one on all of them.
 
     Attributes:
-        data: benchmark files (any format `trainers.data.load_problems` reads).
+        data: benchmark files (any format `trainers.data.problems.load_problems` reads).
         fmt: their format, `auto` to guess from the extension and content.
         greedy: decode one greedy (T=0) answer per item and report pass@1 with strict and flexible extraction.
         n: sampled answers per item for pass@k and maj@k; 0 samples nothing.

@@ -10,10 +10,10 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from trainers.answers import answers_match, cut_after_answer, extract_answer
-from trainers.data import Problem
-from trainers.decoding import Decoded, DecodeRequest
-from trainers.prompting import format_prompt
+from trainers.core.answers import answers_match, cut_after_answer, extract_answer
+from trainers.data.problems import Problem
+from trainers.engine.decoding import Decoded, DecodeRequest
+from trainers.core.prompting import format_prompt
 
 
 @dataclass(frozen=True)

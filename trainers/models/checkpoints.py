@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from trainers.errors import CheckpointError
+from trainers.core.errors import CheckpointError
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from trainers.dedup import jaccard
-from trainers.errors import ConfigError, DataError
+from trainers.core.dedup import jaccard
+from trainers.core.errors import ConfigError, DataError
 
 __all__ = ["preference_pairs"]
 

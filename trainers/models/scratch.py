@@ -14,7 +14,7 @@ from typing import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from trainers.errors import ConfigError
+from trainers.core.errors import ConfigError
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"

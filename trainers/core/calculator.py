@@ -19,7 +19,7 @@ import operator
 import re
 from typing import Callable
 
-from trainers.errors import CalculatorError
+from trainers.core.errors import CalculatorError
 
 __all__ = [
     "CalculatorError",

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from trainers.errors import ConfigError, reject_unknown_keys
+from trainers.core.errors import ConfigError, reject_unknown_keys
 
 ZERO_STAGES = (0, 1, 2, 3)
 

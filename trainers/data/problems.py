@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainers.answers import extract_gold, format_answer, parse_number
-from trainers.files import atomic_write_text
-from trainers.errors import ConfigError, DataError
+from trainers.core.answers import extract_gold, format_answer, parse_number
+from trainers.core.files import atomic_write_text
+from trainers.core.errors import ConfigError, DataError
 
 # xml.etree is fine for trusted benchmark files; the cap keeps a wrong path from eating the machine.
 MAX_FILE_BYTES = 200 * 1024 * 1024

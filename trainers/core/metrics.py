@@ -6,7 +6,7 @@ import math
 import operator
 from typing import Sequence
 
-from trainers.answers import answers_match
+from trainers.core.answers import answers_match
 
 __all__ = ["accuracy", "maj_at_k", "majority_vote", "pass_at_k"]
 

@@ -6,8 +6,8 @@ import math
 import re
 from typing import Literal
 
-from trainers.calculator import format_result
-from trainers.errors import DataError
+from trainers.core.calculator import format_result
+from trainers.core.errors import DataError
 
 __all__ = ["answers_match", "extract_answer", "extract_gold", "format_answer", "parse_number"]
 

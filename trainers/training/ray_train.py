@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from trainers.stage_config import (DPOStageConfig, SFTStageConfig, TrainStageConfig, deepspeed_config,
+from trainers.training.config import (DPOStageConfig, SFTStageConfig, TrainStageConfig, deepspeed_config,
                                    default_extensions_dir)
 
 FINAL_MARKER = "dpost_final.json"
@@ -240,7 +240,7 @@ def _sft_dataset(records: list[dict[str, Any]]):
     """prompt/completion records; GSM8K question/answer lines are converted with the shared prompt format."""
     from datasets import Dataset
 
-    from trainers.prompting import format_completion, format_prompt
+    from trainers.core.prompting import format_completion, format_prompt
 
     rows = [r if "prompt" in r else {"prompt": format_prompt(r["question"]),
                                      "completion": format_completion(r["answer"])} for r in records]

@@ -22,9 +22,9 @@ from typing import Callable, Iterable, Sequence
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
-from trainers.answers import final_answer_end
-from trainers.calculator import CalculatorError, calculate, pending_expression
-from trainers.kv_slots import SlotCache
+from trainers.core.answers import final_answer_end
+from trainers.core.calculator import CalculatorError, calculate, pending_expression
+from trainers.engine.kv_slots import SlotCache
 
 
 @dataclass(frozen=True)

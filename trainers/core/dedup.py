@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from typing import Callable, Sequence
 
-from trainers.calculator import annotations
-from trainers.errors import ConfigError
+from trainers.core.calculator import annotations
+from trainers.core.errors import ConfigError
 
 __all__ = ["DEDUP_METHODS", "dedup", "dedup_clusters", "equations", "jaccard", "register_dedup", "tokens"]
 

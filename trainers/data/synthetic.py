@@ -9,7 +9,7 @@ on every number except the distractor's. Two story families make the chaining no
            ("Ana has 3 more marbles than Ben." means Ben has Ana's count minus 3)
 
 The vocabulary is small on purpose (16 names, a few items per template); the difficulty is in choosing
-and composing operations. Every `<<expr=result>>` is written by `trainers.calculator.calculate`, so the
+and composing operations. Every `<<expr=result>>` is written by `trainers.core.calculator.calculate`, so the
 annotations are exactly what calculator-forced decoding produces.
 
 The last `ood_templates` templates are held out: only the `ood` split uses them, with larger numbers.
@@ -22,9 +22,9 @@ from collections.abc import Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from trainers.calculator import calculate
-from trainers.data import Problem, write_gsm8k_jsonl
-from trainers.errors import ConfigError
+from trainers.core.calculator import calculate
+from trainers.data.problems import Problem, write_gsm8k_jsonl
+from trainers.core.errors import ConfigError
 
 OPERATIONS = ("add", "sub", "mul", "div", "percent")
 SPLITS = ("labeled", "unlabeled", "dev", "test", "ood")

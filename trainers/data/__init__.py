@@ -1,0 +1,1 @@
+"""Problems in every format dpost reads, and the embedded synthetic task the default config trains on."""
