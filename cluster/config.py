@@ -29,11 +29,14 @@ MODES = ("dpo-st", "st", "rft")
 
 @dataclass
 class ModelSection:
-    """`preset` builds a model from scratch (tiny | small); `path` is any HF folder or cached hub id."""
+    """`preset` builds a model from scratch (tiny | small); `path` is any HF folder or cached hub id.
+    `warmup` is an existing SFT checkpoint folder used as the warm-up model sft-0 instead of training it (it
+    must share the base model's tokenizer); lets experiments and tests reuse one warm-up."""
 
     preset: str | None = "small"
     path: str | None = None
     seed: int = 0
+    warmup: str | None = None
 
 
 @dataclass
@@ -200,6 +203,10 @@ def validate(config: RunConfig, check_files: bool = True) -> None:
         raise ConfigError("model: set preset or path")
     if m.preset is not None and m.preset not in PRESETS:
         raise ConfigError(f"model.preset must be one of {sorted(PRESETS)}, got {m.preset!r}")
+    if m.warmup is not None and check_files:
+        if not Path(m.warmup).expanduser().is_dir():
+            raise ConfigError(f"model.warmup: checkpoint folder not found: {m.warmup}")
+        m.warmup = str(Path(m.warmup).expanduser().resolve())  # the coordinator may run in another folder
     d = config.data
     files = {k: getattr(d, k) for k in ("labeled", "unlabeled", "dev", "test")}
     if d.synthetic is None and not all(files.values()):

@@ -16,6 +16,7 @@ done is skipped, so a restarted coordinator resumes at the first unfinished one.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -25,6 +26,7 @@ from cluster.config import RunConfig, parse_config
 from cluster.report import write_report
 from cluster.rundir import RunDir
 from cluster.stages import stage
+from services.pools import ensure_pools
 
 
 def self_training(config: RunConfig, run: RunDir, progress: "Progress") -> dict[str, Any]:
@@ -34,14 +36,14 @@ def self_training(config: RunConfig, run: RunDir, progress: "Progress") -> dict[
     f0, labeled = base["checkpoint"], data["labeled_path"]
     pseudo: list[str] = []  # L = labeled + every S so far
 
-    f = warm_up = sft_step(config, run, f0, labeled, pseudo, "sft-0", progress)
+    f = warm_up = sft_step(config, run, f0, labeled, pseudo, "sft-0", progress, reuse=config.model.warmup)
     if config.mode == "rft":
         return rejection_sampling_fine_tuning(config, run, f0, labeled, warm_up, data, progress)
 
     for t in range(1, config.iterations + 1):
         questions = stage(run, f"it{t}-questions", lambda: stages.select_questions(config, run, data, t), log)
         if config.mode == "dpo-st":
-            samples = stage(run, f"it{t}-dpo-samples", lambda: stages.sample(
+            samples = stage(run, f"it{t}-dpo-samples", lambda: stages.sample_rationales(
                 config, run, f["version"], f["checkpoint"], questions["path"], config.sampling.dpo_samples,
                 f"it{t}-dpo-samples", progress.update), log)
             pairs = stage(run, f"it{t}-pairs", lambda: stages.preference_pairs(
@@ -54,7 +56,7 @@ def self_training(config: RunConfig, run: RunDir, progress: "Progress") -> dict[
                 fd = f
         else:
             fd = f
-        samples = stage(run, f"it{t}-sft-samples", lambda: stages.sample(
+        samples = stage(run, f"it{t}-sft-samples", lambda: stages.sample_rationales(
             config, run, fd["version"], fd["checkpoint"], questions["path"], config.sampling.sft_samples,
             f"it{t}-sft-samples", progress.update), log)
         labels = stage(run, f"it{t}-pseudo-labels", lambda: stages.pseudo_labels(
@@ -66,17 +68,27 @@ def self_training(config: RunConfig, run: RunDir, progress: "Progress") -> dict[
 
 
 def sft_step(config: RunConfig, run: RunDir, f0: str, labeled: str, pseudo: list[str], version: str,
-             progress: "Progress") -> dict[str, Any]:
-    """SFT from the base model on L + S, then evaluate on dev and pass the promotion gate."""
+             progress: "Progress", reuse: str | None = None) -> dict[str, Any]:
+    """SFT from the base model on L + S, then evaluate on dev and pass the promotion gate. With `reuse` (an
+    existing SFT checkpoint folder) the version records that folder instead of training."""
     log = progress.log
-    dataset = stage(run, f"{version}-data", lambda: stages.sft_dataset(run, labeled, list(pseudo),
-                                                                        f"{version}-train"), log)
-    model = stage(run, version, lambda: stages.train(config, run, "sft", version, f0, dataset["path"]), log)
-    scores = stage(run, f"eval-{version}", lambda: stages.evaluate(
+    if reuse:
+        model = stage(run, version, lambda: reuse_checkpoint(run, version, reuse), log)
+    else:
+        dataset = stage(run, f"{version}-data", lambda: stages.sft_dataset(run, labeled, list(pseudo),
+                                                                            f"{version}-train"), log)
+        model = stage(run, version, lambda: stages.train(config, run, "sft", version, f0, dataset["path"]), log)
+    scores = stage(run, f"eval-{version}", lambda: stages.evaluate_version(
         config, run, version, model["checkpoint"], run.outputs("data"), progress.update), log)
     stage(run, f"promote-{version}", lambda: stages.promote(
         config, run, version, model["checkpoint"], scores["dev_accuracy"]), log)
     return {"version": version, **model}
+
+
+def reuse_checkpoint(run: RunDir, version: str, checkpoint: str) -> dict[str, Any]:
+    """Record an existing checkpoint folder as `version` (config `model.warmup`), without training."""
+    run.add_version(version, Path(checkpoint), {"kind": "sft", "reused": True})
+    return {"checkpoint": checkpoint, "reused": True}
 
 
 def rejection_sampling_fine_tuning(config: RunConfig, run: RunDir, f0: str, labeled: str,
@@ -90,7 +102,7 @@ def rejection_sampling_fine_tuning(config: RunConfig, run: RunDir, f0: str, labe
     models += [(f"rft-model-{i}", path) for i, path in enumerate(config.rft.checkpoints, start=1)]
     sample_paths = []
     for version, checkpoint in models:
-        samples = stage(run, f"rft-samples-{version}", lambda: stages.sample(
+        samples = stage(run, f"rft-samples-{version}", lambda: stages.sample_rationales(
             config, run, version, checkpoint, questions["path"], config.sampling.sft_samples,
             f"rft-samples-{version}", progress.update), log)
         sample_paths.append(samples["path"])
@@ -103,8 +115,8 @@ def rejection_sampling_fine_tuning(config: RunConfig, run: RunDir, f0: str, labe
 def finish(config: RunConfig, run: RunDir, progress: "Progress") -> dict[str, Any]:
     report = write_report(run)
     run.update(status="done", finished=time.time(), report=str(report))
-    progress.log(f"[done] live solver model: {run.manifest['live'].get('solver')}; report: {report}")
-    return {"run_dir": str(run.root), "live": run.manifest["live"], "report": str(report)}
+    progress.log(f"[done] live solver model: {run.live()}; report: {report}")
+    return {"run_dir": str(run.root), "live": {"solver": run.live()}, "report": str(report)}
 
 
 class Progress:
@@ -124,30 +136,40 @@ class Progress:
 
 @ray.remote(num_cpus=0, max_restarts=3, max_task_retries=3, max_concurrency=4)
 class Coordinator:
-    """Runs `self_training` for one run directory. Restarted by Ray if it dies; `run` is retried and
-    resumes from the manifest. Extra concurrency lets the driver poll `status` while `run` works."""
+    """Runs `self_training` for one run directory, and is the only writer of its manifest while it lives
+    (cluster/rundir.py). Restarted by Ray if it dies; `run` is retried and resumes from the manifest. Extra
+    concurrency lets the driver poll `status` and an operator `rollback` while `run` works."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = parse_config(config)
         self.run_dir = RunDir(self.config.run_dir)
         now = time.time()  # a restarted coordinator keeps the run's start and records when it came back
-        starts = self.run_dir.manifest.get("coordinator_starts", []) + [now]
+        manifest = self.run_dir.manifest
         self.run_dir.update(name=self.config.name, config=self.config.to_dict(), status="running",
-                            started=self.run_dir.manifest.get("started", now), coordinator_starts=starts)
+                            started=manifest.get("started", now),
+                            coordinator_starts=manifest.get("coordinator_starts", []) + [now])
         self.progress = Progress()
 
     def run(self) -> dict[str, Any]:
-        from services.pools import ensure_pools
-
         ensure_pools(self.config.serving, live=self._live())
         return self_training(self.config, self.run_dir, self.progress)
 
     def _live(self) -> tuple[str, str] | None:
-        version = self.run_dir.manifest["live"].get("solver")
+        version = self.run_dir.live()
         if not version:
             return None
-        return stages.model_version(self.config.name, version), self.run_dir.manifest["versions"][version]["path"]
+        return stages.model_version(self.config.name, version), self.run_dir.versions()[version]["path"]
+
+    def rollback(self, version: str) -> str:
+        """Put `version` back on the live solver (`dpost rollback` while this run's coordinator lives);
+        the run's later promotions are gated against it. Returns the label the solver serves."""
+        return stages.rollback(self.run_dir, version)
+
+    def run_root(self) -> str:
+        """The run directory this coordinator writes (a coordinator is found by the run's name alone)."""
+        return str(self.run_dir.root.resolve())
 
     def status(self) -> dict[str, Any]:
+        """A copy of the manifest (taken under its lock) and the log: safe to keep while `run` goes on."""
         return {"manifest": self.run_dir.manifest, "log": self.progress.lines[-50:],
                 "current": self.progress.current}
