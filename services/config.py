@@ -11,8 +11,8 @@ from trainers.core.errors import ConfigError, reject_unknown_keys
 POOLS = ("rollout", "solver")
 
 # Ray Serve's throughput mode (user code on the replica's own event loop, gRPC between deployments, buffered
-# request logs): with 32 HTTP clients it took the solver from ~23 to ~26-28 answers/s here, because the
-# ingress and proxy left more CPU to the samplers. Every Ray process reads it when it starts, so it has to be
+# request logs): the ingress and the proxy use less CPU, which leaves more to the samplers under many
+# concurrent HTTP clients (benchmarks/README.md). Every Ray process reads it when it starts, so it has to be
 # in the environment before the cluster starts (the deploy image sets it too). Export it as 0 to opt out.
 # The one part of that mode we leave off: a handle's router stays on its own loop, because the coordinator
 # calls the rollout pool from short-lived `asyncio.run` loops, and a router bound to a closed loop fails.

@@ -76,8 +76,8 @@ def get_registry() -> "ray.actor.ActorHandle":
 
     It lives on the head node: whoever asks first (often a replica starting on a sampler node) must not
     decide where it runs, or losing that node would lose every pool's version and every replica's reports.
-    The affinity is hard: a soft one fell back to a worker node whenever the registry was created in the first
-    seconds of a cluster, before the head's resources were reported. The head holds the GCS, so a cluster that
+    The affinity is hard: a soft one falls back to a worker node when the registry is created in the first
+    seconds of a cluster, before the head's resources are reported. The head holds the GCS, so a cluster that
     lost it has no registry to keep anyway; the registry needs no CPU, so it always fits there."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 

@@ -38,8 +38,8 @@ def test_placement_by_node_type_and_sampler_node_loss_during_rollout(tmp_path, s
     manifest = seen["manifest"]
 
     # placement: rollout replicas only on sampler nodes, one per node; training only on the trainer node;
-    # the model registry on the head, wherever it was first asked for (losing it with a sampler node once
-    # left a swap waiting for replicas that reported to a dead registry)
+    # the model registry on the head, wherever it was first asked for (lost with a sampler node, it would
+    # leave a swap waiting for replicas that report to a dead registry)
     assert seen["registry_node"] == seen["head_node"]
     assert set(seen["removed"]["placements_before"]) == set(seen["sampler_nodes"])
     for version in ("sft-0", "dpo-1", "sft-1"):

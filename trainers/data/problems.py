@@ -1,6 +1,6 @@
 """Math word problems in every format dpost reads, as one `Problem` type.
 
-Formats (see DESIGN.md "Data formats"):
+Formats (docs/architecture.md, "Problem files"):
   gsm8k       jsonl `{"question", "answer", "id"?}`; answer is a rationale ending `#### N`, or only `#### N`
   svamp       json list `{"ID"?, "Body", "Question", "Equation", "Answer"}`
   multiarith  json list `{"iIndex"?, "sQuestion", "lSolutions"}` (also AddSub and SingleEq)

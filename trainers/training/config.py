@@ -123,9 +123,11 @@ class DPOStageConfig(TrainStageConfig):
 
     Args:
         beta: DPO temperature (paper: 0.1).
-        sft_loss_weight: if > 0, adds this weight x NLL on the chosen rationale (RPO). On a from-scratch tiny
-            model it kept a 10x higher learning rate from collapsing the policy (STACK_NOTES.md).
-        precompute_ref_log_probs: compute reference log-probs once up front (about 35% faster per step).
+        sft_loss_weight: if > 0, adds this weight x NLL on the chosen rationale (RPO). A from-scratch tiny
+            model needs learning rates far above the paper's to move at all, and at those rates plain DPO
+            collapses the policy; the NLL term keeps it writing the chosen rationales.
+        precompute_ref_log_probs: compute reference log-probs once up front, so a step runs no forward pass
+            of the reference model.
     """
 
     learning_rate: float = 2e-5

@@ -145,7 +145,8 @@ def build_trainer(kind: str, config: TrainStageConfig, ray_train: bool = True):
         weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
         lr_scheduler_type=config.lr_scheduler_type, max_length=config.max_length, seed=config.seed,
         use_cpu=not config.use_gpu,  # without it accelerate sees no device on CPU and assumes world size 1
-        # TRL turns gradient checkpointing on by default: ~10% slower per step and no memory pressure here
+        # TRL turns gradient checkpointing on by default: it recomputes activations every step, which only
+        # pays when memory is short, and these models are small
         gradient_checkpointing=False,
         bf16=config.use_gpu, deepspeed=deepspeed_config(config.zero_stage, config.use_gpu)
         if config.zero_stage > 0 else None,
