@@ -30,8 +30,8 @@ RESULTS_DIR = REPO / "benchmarks" / "results"
 
 
 def setup_env() -> None:
-    """One thread per process (STACK_NOTES: more threads per process only slow a shared CPU down), no
-    tokenizer thread pool, and a DeepSpeed JIT-op cache that survives (so no run pays the ~31 s build).
+    """One thread per process (on a shared CPU more threads per process only slow every process down), no
+    tokenizer thread pool, and a DeepSpeed JIT-op cache that survives (so no run pays for the build).
     Call before importing torch."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("MKL_NUM_THREADS", "1")

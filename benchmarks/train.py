@@ -393,7 +393,7 @@ def build_pairs(sft_model: Path, labeled: Path, n_questions: int, out: Path, see
 
 
 def prepare_deepspeed_op() -> dict[str, Any]:
-    """DeepSpeed JIT-builds its CPU shared-memory comm op (~31 s) the first time any process needs it. Build it
+    """DeepSpeed JIT-builds its CPU shared-memory comm op (tens of seconds) the first time any process needs it. Build it
     once here, outside every timed run, unless the cache already holds it."""
     cache = Path(os.environ["TORCH_EXTENSIONS_DIR"])
     if any(cache.glob("**/deepspeed_shm_comm*.so")):

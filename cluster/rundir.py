@@ -1,4 +1,4 @@
-"""The run directory and its manifest (DESIGN.md): every stage's output is a file, written atomically.
+"""The run directory and its manifest (docs/architecture.md): every stage's output is a file, written atomically.
 
     runs/<name>/manifest.json          config, stages with status/outputs/timings, versions, promotions
     runs/<name>/data/<stage>.jsonl     samples, pairs, pseudo-labels

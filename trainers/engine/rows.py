@@ -1,4 +1,4 @@
-"""Turn problems into decode rows and decoded rows into sample records with provenance (DESIGN.md).
+"""Turn problems into decode rows and decoded rows into sample records with provenance (docs/architecture.md).
 
 The same two functions serve the coordinator (rows go to the Serve rollout pool), evaluation and the
 HTTP solver, so a record means the same thing wherever it was made.
