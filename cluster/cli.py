@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from cluster import eval_cmd
 from trainers.core.errors import ConfigError, DpostError
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -189,23 +190,42 @@ def cmd_solve(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
+    """Through the run's coordinator while it lives (it is the manifest's only writer, and keeps gating
+    promotions against the rolled-back version); when none is running, nothing else holds the manifest, so
+    this process does the same rollback itself."""
     from cluster.rundir import RunDir
-    from cluster.stages import model_version
-    from services.pools import swap
+    from cluster.stages import rollback
 
     run = RunDir(_find_run(args.run, args.root))
-    versions = run.manifest["versions"]
-    if args.version not in versions:
+    versions = run.versions()
+    if args.version not in versions:  # checked here too, so the mistake is one line, not a remote traceback
         raise ConfigError(f"unknown version {args.version!r}; this run has {sorted(versions)}")
     connect(args.address)
-    name = run.manifest.get("name", run.root.name)
-    swap("solver", model_version(name, args.version), versions[args.version]["path"])
-    run.manifest["live"]["solver"] = args.version
-    run.manifest["promotions"].append({"version": args.version, "promoted": True, "rollback": True,
-                                       "at": time.time()})
-    run.save()
-    print(f"solver now serves {model_version(name, args.version)}")
+    coordinator = running_coordinator(run.name, run.root)
+    if coordinator is not None:
+        import ray
+
+        label = ray.get(coordinator.rollback.remote(args.version))
+    else:
+        label = rollback(run, args.version)
+    print(f"solver now serves {label}")
     return 0
+
+
+def running_coordinator(run_name: str, run_root: Path) -> Any | None:
+    """The coordinator actor of the run in `run_root` if one is alive, else None. Actors are named by the
+    run's name only, so one of another run directory with the same name does not count."""
+    import ray
+
+    from cluster.job import coordinator_name
+    from services.registry import NAMESPACE
+
+    try:
+        actor = ray.get_actor(coordinator_name(run_name), namespace=NAMESPACE)
+        root = ray.get(actor.run_root.remote())
+    except (ValueError, ray.exceptions.RayActorError):  # no such actor, or it died for good
+        return None
+    return actor if root == str(Path(run_root).resolve()) else None
 
 
 def cmd_build_model(args: argparse.Namespace) -> int:
@@ -270,13 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="GSM8K-format file to train the tokenizer on (default: synthetic task)")
     p.add_argument("--seed", type=int, default=0)
 
-    try:
-        from cluster import eval_cmd
-    except ImportError:
-        eval_cmd = None  # type: ignore[assignment]
-    if eval_cmd is not None:
-        p = add("eval", eval_cmd.run, "evaluate a checkpoint or the live solver on benchmark files")
-        eval_cmd.add_arguments(p)
+    p = add("eval", eval_cmd.run, "evaluate a checkpoint or the live solver on benchmark files")
+    eval_cmd.add_arguments(p)
     return parser
 
 

@@ -13,8 +13,8 @@ from cluster.config import RunConfig, config_from_yaml_text, load_config
 from trainers.core.errors import DpostError
 
 
-def coordinator_name(config: RunConfig) -> str:
-    return f"dpost-coordinator-{config.name}"
+def coordinator_name(run_name: str) -> str:
+    return f"dpost-coordinator-{run_name}"
 
 
 def start_coordinator(config: RunConfig, detached: bool) -> Any:
@@ -26,7 +26,7 @@ def start_coordinator(config: RunConfig, detached: bool) -> Any:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     options: dict[str, Any] = {
-        "name": coordinator_name(config), "namespace": NAMESPACE, "get_if_exists": True,
+        "name": coordinator_name(config.name), "namespace": NAMESPACE, "get_if_exists": True,
         # beside the driver (the head node for a submitted job), so losing a worker node does not take the
         # loop down; soft, so it still starts elsewhere if that node is gone
         "scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True),

@@ -17,6 +17,7 @@ from cluster.rundir import RunDir, read_jsonl, write_jsonl
 from services.pools import sample_rows, swap
 from trainers.data.problems import Problem, load_problems, write_gsm8k_jsonl
 from trainers.core.dedup import dedup_clusters
+from trainers.core.errors import ConfigError
 from trainers.core.pairs import preference_pairs as build_pairs
 from trainers.core.prompting import format_completion, format_prompt
 from trainers.engine.rows import SamplingParams, make_requests, to_records
@@ -222,23 +223,37 @@ def evaluate(config: RunConfig, run: RunDir, version: str, checkpoint: str, data
                                  progress)
         out[f"{split}_accuracy"] = result["correct"] / max(result["samples"], 1)
         out[f"{split}_path"] = result["path"]
-    run.manifest["versions"].setdefault(version, {"path": checkpoint}).update(
-        {k: v for k, v in out.items() if k.endswith("accuracy")})
-    run.save()
+    run.record_scores(version, checkpoint, {k: v for k, v in out.items() if k.endswith("accuracy")})
     return out
 
 
 def promote(config: RunConfig, run: RunDir, version: str, checkpoint: str, dev_accuracy: float
             ) -> dict[str, Any]:
-    """The gate: `version` goes live on the solver only if its dev accuracy >= the live model's + margin."""
-    live = run.manifest["live"].get("solver")
-    live_accuracy = run.manifest["versions"].get(live, {}).get("dev_accuracy") if live else None
-    promoted = live is None or dev_accuracy >= live_accuracy + config.evaluation.promotion_margin
-    if promoted:
-        swap("solver", model_version(config.name, version), checkpoint)
-        run.manifest["live"]["solver"] = version
-    decision = {"version": version, "dev_accuracy": dev_accuracy, "live": live, "live_dev_accuracy": live_accuracy,
-                "margin": config.evaluation.promotion_margin, "promoted": promoted, "at": time.time()}
-    run.manifest["promotions"].append(decision)
-    run.save()
-    return {"promoted": promoted, "live": run.manifest["live"]["solver"], "decision": json.dumps(decision)}
+    """The gate: `version` goes live on the solver only if its dev accuracy >= the live model's + margin.
+    The live model is whatever the solver serves now, so after a rollback the gate compares against the
+    rolled-back version; if that version was never evaluated (nothing to compare), `version` goes live."""
+    margin = config.evaluation.promotion_margin
+    with run.live_change():  # a rollback cannot land between reading the live model and replacing it
+        live = run.live()
+        live_accuracy = run.versions().get(live, {}).get("dev_accuracy") if live else None
+        promoted = live_accuracy is None or dev_accuracy >= live_accuracy + margin
+        if promoted:
+            swap("solver", model_version(config.name, version), checkpoint)
+        decision = {"version": version, "dev_accuracy": dev_accuracy, "live": live,
+                    "live_dev_accuracy": live_accuracy, "margin": margin, "promoted": promoted, "at": time.time()}
+        run.record_promotion(decision, live=version if promoted else None)
+    return {"promoted": promoted, "live": version if promoted else live, "decision": json.dumps(decision)}
+
+
+def rollback(run: RunDir, version: str) -> str:
+    """Put an earlier `version` of the run back on the live solver and record it as the live model, so
+    later promotions are gated against it. Returns the label the solver now serves."""
+    with run.live_change():
+        versions = run.versions()
+        if version not in versions:
+            raise ConfigError(f"unknown version {version!r}; this run has {sorted(versions)}")
+        label = model_version(run.name, version)
+        swap("solver", label, versions[version]["path"])
+        run.record_promotion({"version": version, "promoted": True, "rollback": True, "live": run.live(),
+                              "at": time.time()}, live=version)
+    return label
