@@ -28,13 +28,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from trainers.models.checkpoints import load_policy  # noqa: E402
-from trainers.data.problems import Problem, load_problems  # noqa: E402
-from trainers.engine.decoding import decode_all  # noqa: E402
 from trainers.core.dedup import dedup  # noqa: E402
 from trainers.core.prompting import format_completion  # noqa: E402
-from trainers.engine.rows import SamplingParams, make_requests, to_records  # noqa: E402
+from trainers.data.problems import Problem, load_problems  # noqa: E402
 from trainers.data.synthetic import SyntheticTaskConfig, build_synthetic_task, corpus_texts  # noqa: E402
+from trainers.engine.rows import DecodeParams, make_requests, to_records  # noqa: E402
+from trainers.evaluation import EvalConfig, evaluate_problems, local_decoder  # noqa: E402
+from trainers.models.checkpoints import load_policy  # noqa: E402
 from trainers.models.scratch import PRESETS, build_tiny_model  # noqa: E402
 
 
@@ -75,16 +75,20 @@ def sft(base: Path, pairs: Sequence[tuple[str, str]], out: Path, steps: int, lr:
             "examples": len(pairs), "epochs": round(steps * batch / max(1, len(pairs)), 2)}
 
 
-def sample(model_dir: Path, problems: Sequence[Problem], params: SamplingParams,
-           batch_size: int = 64) -> list[dict[str, Any]]:
+def sample_rationales(model_dir: Path, problems: Sequence[Problem], params: DecodeParams,
+                      batch_size: int = 64) -> list[dict[str, Any]]:
     """Decode `params.n` rationales per problem and label them against the gold answers."""
-    model, tokenizer = load_policy(model_dir)
-    decoded = decode_all(model, tokenizer, make_requests(problems, params), batch_size=batch_size)
+    decoded = local_decoder(model_dir, batch_size)(make_requests(problems, params))
     return to_records(problems, params, decoded, model_version=model_dir.name)
 
 
-def accuracy(records: Sequence[dict[str, Any]]) -> float:
-    return 100.0 * sum(r["correct"] for r in records) / max(1, len(records))
+def greedy_accuracy(model_dir: Path, problems: Sequence[Problem], max_new_tokens: int, calculator: bool,
+                    batch_size: int = 64) -> tuple[float, list[dict[str, Any]]]:
+    """Greedy accuracy in percent (strict `#### N`, as the coordinator's eval stage) and the per-item records,
+    through the one evaluation path."""
+    config = EvalConfig(max_new_tokens=max_new_tokens, calculator=calculator, batch_size=max(1, len(problems)))
+    items, metrics = evaluate_problems(problems, local_decoder(model_dir, batch_size), config, model_dir.name)
+    return 100.0 * metrics["greedy_strict"], items
 
 
 def pseudo_labels(records: Sequence[dict[str, Any]], threshold: float = 0.7) -> list[tuple[str, str]]:
@@ -159,25 +163,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"[calibrate] preset={args.preset} params={n_params:,} labeled={len(labeled)} tokens={lengths} "
           f"max_new_tokens={max_new}", flush=True)
 
-    greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new)
     gold = [(p.question, p.rationale or "") for p in labeled]
     warm = work / "warmup"
     result: dict[str, Any] = {"args": vars(args), "task": asdict(task), "preset": asdict(PRESETS[args.preset]),
                               "params": n_params, "labeled_tokens": lengths, "max_new_tokens": max_new}
     result["warmup_sft"] = timer.run("warmup_sft", sft, base, gold, warm, args.steps, args.lr, args.batch, args.seed)
-    test_calc = timer.run("eval_test_calc", sample, warm, test, greedy, args.decode_batch)
-    test_nocalc = timer.run("eval_test_nocalc", sample, warm, test,
-                            SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new, calculator=False),
-                            args.decode_batch)
-    result["warmup_acc_calc"] = accuracy(test_calc)
-    result["warmup_acc_nocalc"] = accuracy(test_nocalc)
-    result["truncated_greedy"] = sum(r["finish_reason"] == "length" for r in test_calc)
+    result["warmup_acc_calc"], test_calc = timer.run("eval_test_calc", greedy_accuracy, warm, test, max_new, True,
+                                                     args.decode_batch)
+    result["warmup_acc_nocalc"], _ = timer.run("eval_test_nocalc", greedy_accuracy, warm, test, max_new, False,
+                                               args.decode_batch)
+    result["truncated_greedy"] = sum(item["finish_reason"] == "length" for item in test_calc)
     print(f"[calibrate] warm-up greedy test accuracy: {result['warmup_acc_calc']:.1f}% with calculator, "
           f"{result['warmup_acc_nocalc']:.1f}% without", flush=True)
 
     if not args.skip_st:
-        params = SamplingParams(n=args.k, temperature=0.7, max_new_tokens=max_new, seed=args.seed)
-        records = timer.run("sample_unlabeled", sample, warm, unlabeled, params, args.decode_batch)
+        params = DecodeParams(n=args.k, temperature=0.7, max_new_tokens=max_new, seed=args.seed)
+        records = timer.run("sample_unlabeled", sample_rationales, warm, unlabeled, params, args.decode_batch)
         pseudo = pseudo_labels(records)
         solved = len({r["question_id"] for r in records if r["correct"]})
         result["st_sampling"] = {"questions": len(unlabeled), "k": args.k, "correct": sum(r["correct"] for r in records),
@@ -186,7 +187,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"[calibrate] ST sampling: {result['st_sampling']}", flush=True)
         st = work / "st1"
         result["st_sft"] = timer.run("st_sft", sft, base, gold + pseudo, st, args.steps, args.lr, args.batch, args.seed)
-        result["st_acc_calc"] = accuracy(timer.run("eval_st_calc", sample, st, test, greedy, args.decode_batch))
+        result["st_acc_calc"], _ = timer.run("eval_st_calc", greedy_accuracy, st, test, max_new, True,
+                                             args.decode_batch)
         result["st_gain"] = result["st_acc_calc"] - result["warmup_acc_calc"]
     result["times_s"] = timer.times
 

@@ -180,6 +180,20 @@ def print_targets(targets: dict[str, dict[str, Any]]) -> None:
     print_table("targets", ("target", "what", "measured", "goal", "verdict"), rows)
 
 
+def finish(result: dict[str, Any], targets: dict[str, dict[str, Any]], phases: "PhaseTimer", name: str,
+           args: argparse.Namespace, quick_means: str) -> dict[str, Any]:
+    """A benchmark's end: add the targets and phase times to `result`, print the targets (and, for --quick,
+    that the numbers are a smoke test: `quick_means` says how small it was), write the JSON; return `result`."""
+    result["targets"] = targets
+    result["phases_s"] = phases.times
+    if targets:
+        print_targets(targets)
+    if args.quick:
+        print(f"\n[bench] --quick: smoke-test numbers ({quick_means}), not the measurement", flush=True)
+    write_json(results_path(name + ("-quick" if args.quick else ""), args.out), result)
+    return result
+
+
 # ---------------------------------------------------------------------------------------------- timing
 
 @dataclass

@@ -61,9 +61,8 @@ from typing import Any, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import (PhaseTimer, Stopwatch, base_parser, build_base, build_task,  # noqa: E402
-                               count_parameters, free_port, machine_info, median, percentile, print_table,
-                               print_targets, results_path, setup_env, sft_in_process, target, task_config,
-                               workdir, write_json)
+                               count_parameters, finish, free_port, machine_info, median, percentile,
+                               print_table, setup_env, sft_in_process, target, task_config, workdir)
 
 setup_env()
 
@@ -111,10 +110,10 @@ def decode_section(model: Any, tokenizer: Any, problems: Sequence[Any], batch_si
                    max_new_tokens: int, repeats: int, min_cell_s: float) -> dict[str, Any]:
     """tokens/s per (batch size, calculator on/off); repeats are interleaved so load drift hits every cell."""
     from trainers.engine.decoding import DecodeRequest, decode_all
-    from trainers.engine.rows import SamplingParams, make_requests
+    from trainers.engine.rows import DecodeParams, make_requests
 
-    requests = {calc: make_requests(problems, SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens,
-                                                             calculator=calc))
+    requests = {calc: make_requests(problems, DecodeParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens,
+                                                           calculator=calc))
                 for calc in (True, False)}
     decode_all(model, tokenizer, [DecodeRequest(prompt=requests[True][0].prompt, max_new_tokens=8)] * 2, 2)  # warm-up
 
@@ -421,13 +420,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if "serving" in result:
         targets["http_speedup"] = target(result["serving"]["http"]["speedup"], 8.0, True,
                                          f"answers/s with {args.clients} clients / 1 client")
-    result["targets"] = targets
-    result["phases_s"] = phases.times
-    print_targets(targets)
-    if args.quick:
-        print("\n[bench] --quick: smoke-test numbers (tiny model, few prompts), not the measurement", flush=True)
-    write_json(results_path(NAME + ("-quick" if args.quick else ""), args.out), result)
-    return result
+    return finish(result, targets, phases, NAME, args, "tiny model, few prompts")
 
 
 if __name__ == "__main__":

@@ -64,8 +64,8 @@ from typing import Any, Sequence
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import (PhaseTimer, Stopwatch, base_parser, build_base, build_task,  # noqa: E402
-                               count_parameters, machine_info, print_table, print_targets,
-                               results_path, setup_env, target, task_config, workdir, write_json)
+                               count_parameters, finish, machine_info, print_table, setup_env, target,
+                               task_config, workdir)
 
 setup_env()
 
@@ -146,7 +146,7 @@ def plain_child(spec_path: str) -> None:
     t_imported = time.perf_counter()
     step_times: list[tuple[int, float]] = []
     trainer = _plain_trainer(kind, config, step_times)
-    rss_before_train = _rss_mib(os.getpid())
+    rss_before_train = _memory_mib(os.getpid(), "VmRSS")
     t_built = time.perf_counter()
     trainer.train()
     t_trained = time.perf_counter()
@@ -188,21 +188,12 @@ def run_plain(kind: str, config: Any, work: Path) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- Ray Train
 
-def _rss_mib(pid: int) -> float | None:
+def _memory_mib(pid: int, field: str) -> float | None:
+    """A /proc/<pid>/status memory field in MiB: `VmRSS` (resident now) or `VmHWM` (the peak resident set so
+    far, kernel-tracked, so polling rarely loses nothing); None once the process is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def _hwm_mib(pid: int) -> float | None:
-    """The process's peak resident set size so far (kernel-tracked, so polling rarely loses nothing)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -274,7 +265,7 @@ class RayJobWatcher(threading.Thread):
                 if parent is not None:  # a fork of a worker inherits its title: not a worker of its own
                     role = f"child of {parent['role']} {proc.ppid()}"
                 entry = self.peaks[proc.pid] = {"role": role, "cmdline": cmd[:160], "peak_rss_mib": 0.0}
-            hwm = _hwm_mib(proc.pid)
+            hwm = _memory_mib(proc.pid, "VmHWM")
             if hwm is not None:
                 entry["peak_rss_mib"] = round(max(entry["peak_rss_mib"], hwm), 1)
 
@@ -369,13 +360,13 @@ def build_pairs(sft_model: Path, labeled: Path, n_questions: int, out: Path, see
     from trainers.engine.decoding import decode_all
     from trainers.core.pairs import preference_pairs
     from trainers.core.prompting import format_completion, format_prompt
-    from trainers.engine.rows import SamplingParams, make_requests, to_records
+    from trainers.engine.rows import DecodeParams, make_requests, to_records
 
     problems = list(load_problems(labeled))[:n_questions]
     tok = AutoTokenizer.from_pretrained(sft_model)
     longest = max(len(tok(format_completion(p.rationale or ""), add_special_tokens=False)["input_ids"])
                   for p in problems)
-    params = SamplingParams(n=3, temperature=0.7, max_new_tokens=int(1.3 * longest) + 1, seed=seed)
+    params = DecodeParams(n=3, temperature=0.7, max_new_tokens=int(1.3 * longest) + 1, seed=seed)
     model, tokenizer = load_policy(sft_model)
     records = to_records(problems, params, decode_all(model, tokenizer, make_requests(problems, params)), "sft")
     del model
@@ -553,14 +544,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             targets[f"{kind}_ray1_vs_plain"] = target(one["vs_plain"], 0.85, True,
                                                       f"{kind.upper()} steady steps/s, Ray Train + ZeRO-"
                                                       f"{args.zero_stage} 1 worker / plain TRL")
-    result["targets"] = targets
-    result["phases_s"] = phases.times
-    if targets:
-        print_targets(targets)
-    if args.quick:
-        print("\n[bench] --quick: smoke-test numbers (tiny model, a few steps), not the measurement", flush=True)
-    write_json(results_path(NAME + ("-quick" if args.quick else ""), args.out), result)
-    return result
+    return finish(result, targets, phases, NAME, args, "tiny model, a few steps")
 
 
 if __name__ == "__main__":

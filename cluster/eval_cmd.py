@@ -5,7 +5,8 @@
                [--no-calculator | --ablate-calculator] [--limit N] [--out DIR] [--batch-size 32]
 
 Prints the table and the throughput; writes eval.json (per-item records) and eval.md (the table for a README)
-into --out. Ctrl-C keeps what is done; the same command again resumes. The work is in trainers/evaluation.py.
+into --out. Ctrl-C keeps what is done; the same command again resumes. The work is in trainers/evaluation.py
+(`evaluate_files`, over the same `evaluate_problems` the coordinator's eval stage uses).
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from trainers.data.problems import FORMATS
 from trainers.core.errors import ConfigError
-from trainers.evaluation import (DecodeFn, EvalConfig, evaluate, format_skipped, format_throughput, plan_runs,
-                                 terminal_table)
+from trainers.data.problems import FORMATS
+from trainers.evaluation import (DecodeFn, EvalConfig, evaluate_files, format_skipped, format_throughput,
+                                 local_decoder, plan_runs, terminal_table)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,10 +67,10 @@ def run(args: argparse.Namespace) -> int:
     if args.live:
         decode_fn, version = _live_decoder(args.address)
     else:
-        decode_fn, version = _local_decoder(args.checkpoint, config.batch_size)
+        decode_fn, version = local_decoder(args.checkpoint, config.batch_size), Path(model).name
 
     try:
-        results = evaluate(config, decode_fn, out, version, calculators=calculators)
+        results = evaluate_files(config, decode_fn, out, version, calculators=calculators)
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished items are in {out / 'eval.json'}; run the same command again to resume",
               file=sys.stderr)
@@ -89,25 +90,11 @@ def _model_id(checkpoint: str) -> str:
     return str(path.resolve()) if path.exists() else checkpoint
 
 
-def _local_decoder(checkpoint: str, batch_size: int) -> tuple[DecodeFn, str]:
-    import torch
-
-    from trainers.models.checkpoints import load_policy
-    from trainers.engine.decoding import decode_all
-
-    model, tokenizer = load_policy(checkpoint, device="cuda" if torch.cuda.is_available() else "cpu")
-
-    def decode(rows: list[Any]) -> Any:
-        return decode_all(model, tokenizer, rows, batch_size=batch_size)
-
-    return decode, Path(_model_id(checkpoint)).name
-
-
 def _live_decoder(address: str | None) -> tuple[DecodeFn, str]:
-    from ray import serve
+    from ray import serve  # Ray and Serve load only for --live, like the other cluster commands
 
     from cluster.cli import connect  # imported here: cli.py imports this module
-    from services.pools import sample_rows
+    from services.pools import decode_on_pool
 
     connect(address)
     if "rollout" not in serve.status().applications:
@@ -115,6 +102,6 @@ def _live_decoder(address: str | None) -> tuple[DecodeFn, str]:
                           "--checkpoint")
 
     def decode(rows: list[Any]) -> Any:
-        return sample_rows(rows, pool="rollout")  # (rows, the model version of each row)
+        return decode_on_pool(rows, pool="rollout")  # (rows, the model version of each row)
 
     return decode, "live:rollout"

@@ -1,8 +1,9 @@
 """The stages of self-training, each a small function from files in the run directory to files in it.
 
 The coordinator strings them together; `stage()` makes each one run at most once per run directory.
-Sampling and evaluation go through the Serve `rollout` pool (swapped to the model being sampled); training
-goes through Ray Train. Nothing here keeps state between calls: everything is in the files.
+Sampling and evaluation decode on the Serve `rollout` pool (swapped to the model being decoded); evaluation
+is trainers/evaluation.py's `evaluate_problems`, the same as `dpost eval`'s. Training goes through Ray Train.
+Nothing here keeps state between calls: everything is in the files.
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ from typing import Any, Callable
 
 from cluster.config import RunConfig
 from cluster.rundir import RunDir, read_jsonl, write_jsonl
-from services.pools import sample_rows, swap
-from trainers.data.problems import Problem, load_problems, write_gsm8k_jsonl
+from services.pools import decode_on_pool, swap
 from trainers.core.dedup import dedup_clusters
 from trainers.core.errors import ConfigError
 from trainers.core.pairs import preference_pairs as build_pairs
 from trainers.core.prompting import format_completion, format_prompt
-from trainers.engine.rows import SamplingParams, make_requests, to_records
+from trainers.data.problems import load_problems, write_gsm8k_jsonl
+from trainers.engine.decoding import Decoded, DecodeRequest
+from trainers.engine.rows import DecodeParams, make_requests, to_records
+from trainers.evaluation import DecodeFn, EvalConfig, evaluate_problems
 from trainers.training.ray_train import train_dpo, train_sft
 
 ProgressFn = Callable[[str, int, int], None]
@@ -93,31 +96,17 @@ def select_questions(config: RunConfig, run: RunDir, data: dict[str, Any], itera
 
 # ------------------------------------------------------------------------------------------------ sampling
 
-def sample(config: RunConfig, run: RunDir, version: str, checkpoint: str, questions_path: str, n: int,
-           out_name: str, progress: ProgressFn | None = None) -> dict[str, Any]:
+def sample_rationales(config: RunConfig, run: RunDir, version: str, checkpoint: str, questions_path: str,
+                      n: int, out_name: str, progress: ProgressFn | None = None) -> dict[str, Any]:
     """Sample n rationales per question at the configured temperature from `checkpoint` on the rollout pool,
     label each against the gold answer, and write the records with provenance."""
     s = config.sampling
-    params = SamplingParams(n=n, temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
-                            calculator=s.calculator, seed=config.seed + _stable(out_name))
-    return _decode_to_file(config, run, version, checkpoint, questions_path, params, out_name, progress)
-
-
-def _decode_to_file(config: RunConfig, run: RunDir, version: str, checkpoint: str, questions_path: str,
-                    params: SamplingParams, out_name: str, progress: ProgressFn | None) -> dict[str, Any]:
+    params = DecodeParams(n=n, temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
+                          calculator=s.calculator, seed=config.seed + _stable(out_name))
     problems = load_problems(questions_path).problems
-    swap("rollout", model_version(config.name, version), checkpoint)
     rows = make_requests(problems, params)
-    done = [0]
-
-    def on_chunk(index: int, decoded: list, served_by: str) -> None:
-        done[0] += len(decoded)
-        if progress:
-            progress(out_name, done[0], len(rows))
-
     started = time.time()
-    decoded, versions = sample_rows(rows, pool="rollout", chunk_rows=config.sampling.chunk_rows,
-                                    on_chunk=on_chunk)
+    decoded, versions = _rollout_decoder(config, version, checkpoint, out_name, len(rows), progress)(rows)
     records = to_records(problems, params, decoded, model_version(config.name, version))
     for record, served_by in zip(records, versions):
         record["served_by"] = served_by
@@ -127,6 +116,24 @@ def _decode_to_file(config: RunConfig, run: RunDir, version: str, checkpoint: st
     return {"path": str(path), "samples": len(records), "correct": correct, "questions": len(problems),
             "questions_solved": solved, "seconds": round(time.time() - started, 2),
             "tokens": sum(r["num_tokens"] for r in records)}
+
+
+def _rollout_decoder(config: RunConfig, version: str, checkpoint: str, name: str, total_rows: int,
+                     progress: ProgressFn | None) -> DecodeFn:
+    """Swap the rollout pool to (version, checkpoint); return a decode_fn that sends its rows to the pool
+    (all chunks in flight at once) and reports the rows done to `progress` under `name`."""
+    swap("rollout", model_version(config.name, version), checkpoint)
+    done = [0]
+
+    def on_chunk(index: int, decoded: list[Decoded], served_by: str) -> None:
+        done[0] += len(decoded)
+        if progress:
+            progress(name, done[0], total_rows)
+
+    def decode(rows: list[DecodeRequest]) -> tuple[list[Decoded], list[str]]:
+        return decode_on_pool(rows, pool="rollout", chunk_rows=config.sampling.chunk_rows, on_chunk=on_chunk)
+
+    return decode
 
 
 def _stable(name: str) -> int:
@@ -206,23 +213,25 @@ def train(config: RunConfig, run: RunDir, kind: str, version: str, model_path: s
 
 # ------------------------------------------------------------------------------------- evaluate, promote
 
-def evaluate(config: RunConfig, run: RunDir, version: str, checkpoint: str, data: dict[str, Any],
-             progress: ProgressFn | None = None) -> dict[str, Any]:
-    """Greedy accuracy (with the calculator) on dev, and on test for the report."""
-    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=config.evaluation.max_new_tokens,
-                            calculator=config.sampling.calculator)
+def evaluate_version(config: RunConfig, run: RunDir, version: str, checkpoint: str, data: dict[str, Any],
+                     progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Greedy accuracy (strict `#### N`, with the calculator) on dev, and on test for the report; each split's
+    per-question items go to `eval-<version>-<split>.jsonl`."""
     out: dict[str, Any] = {}
     splits = ["dev"] + (["test"] if config.evaluation.evaluate_test else [])
     for split in splits:
+        problems = load_problems(data[f"{split}_path"]).problems
         limit = getattr(config.data, f"{split}_limit")
-        path = data[f"{split}_path"]
-        if limit:
-            problems: list[Problem] = load_problems(path).problems[:limit]
-            path = str(write_gsm8k_jsonl(problems, run.data / f"{split}-subset.jsonl"))
-        result = _decode_to_file(config, run, version, checkpoint, path, params, f"eval-{version}-{split}",
-                                 progress)
-        out[f"{split}_accuracy"] = result["correct"] / max(result["samples"], 1)
-        out[f"{split}_path"] = result["path"]
+        problems = problems[:limit] if limit else problems
+        name = f"eval-{version}-{split}"
+        # one decode_fn call for the whole split: the pool spreads its chunks over every replica
+        eval_config = EvalConfig(max_new_tokens=config.evaluation.max_new_tokens,
+                                 calculator=config.sampling.calculator, batch_size=max(1, len(problems)),
+                                 model=checkpoint)
+        decode = _rollout_decoder(config, version, checkpoint, name, len(problems), progress)
+        items, metrics = evaluate_problems(problems, decode, eval_config, model_version(config.name, version))
+        out[f"{split}_accuracy"] = metrics["greedy_strict"]
+        out[f"{split}_path"] = str(write_jsonl(run.data / f"{name}.jsonl", items))
     run.record_scores(version, checkpoint, {k: v for k, v in out.items() if k.endswith("accuracy")})
     return out
 

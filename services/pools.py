@@ -1,6 +1,6 @@
-"""Operate the two sampler pools from a driver or the coordinator: deploy, swap, wait, scale, sample.
+"""Operate the two sampler pools from a driver or the coordinator: deploy, swap, wait, scale, decode rows.
 
-`rollout` is a Serve app with no HTTP route (the coordinator samples from it through a handle); `solver` is
+`rollout` is a Serve app with no HTTP route (the coordinator decodes on it through a handle); `solver` is
 the public app (`SolverAPI` ingress + its own `Sampler` deployment). Separate apps, so redeploying or scaling
 one never touches the other.
 """
@@ -135,9 +135,9 @@ def pool_status(pool: str) -> dict[str, Any]:
     return ray.get(get_registry().status.remote(pool))
 
 
-def sample_rows(rows: Sequence[DecodeRequest], pool: str = "rollout", chunk_rows: int = 40,
-                max_retries: int = 5, on_chunk: Callable[[int, list[Decoded], str], None] | None = None
-                ) -> tuple[list[Decoded], list[str]]:
+def decode_on_pool(rows: Sequence[DecodeRequest], pool: str = "rollout", chunk_rows: int = 40,
+                   max_retries: int = 5, on_chunk: Callable[[int, list[Decoded], str], None] | None = None
+                   ) -> tuple[list[Decoded], list[str]]:
     """Decode rows on a pool, `chunk_rows` per request, all chunks in flight at once (Serve batches them).
     A chunk that fails (a replica died) is sent again; rows keep their seeds, so a retried chunk
     produces the same samples. Returns (decoded rows in order, model_version per row)."""

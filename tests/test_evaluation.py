@@ -14,8 +14,8 @@ from tests.conftest import FIXTURES, GSM8K_DIR
 from trainers.data.problems import load_problems
 from trainers.engine.decoding import decode_all
 from trainers.core.errors import CheckpointError, ConfigError, DataError
-from trainers.evaluation import (EvalConfig, evaluate, evaluate_file, load_results, markdown_table, plan_runs,
-                                 score_greedy, score_sampled, terminal_table)
+from trainers.evaluation import (EvalConfig, evaluate_file, evaluate_files, evaluate_problems, load_results,
+                                 markdown_table, plan_runs, score_greedy, score_sampled, terminal_table)
 
 FORMAT_FIXTURES = ["gsm8k.jsonl", "svamp.json", "multiarith.json", "addsub.json", "singleeq.json", "asdiv.xml"]
 
@@ -228,7 +228,7 @@ def test_another_file_with_the_same_name_is_not_mixed_into_a_run(policy, tmp_pat
 
 def test_calculator_ablation_writes_both_runs_and_a_markdown_table(policy, tmp_path: Path) -> None:
     config = EvalConfig(data=[FIXTURES / "gsm8k.jsonl", FIXTURES / "asdiv.xml"], max_new_tokens=6)
-    results = evaluate(config, CountingDecoder(policy), tmp_path, "tiny", calculators=[True, False],
+    results = evaluate_files(config, CountingDecoder(policy), tmp_path, "tiny", calculators=[True, False],
                        progress=False)
     assert [r["name"] for r in results] == ["gsm8k", "gsm8k (no calculator)", "asdiv", "asdiv (no calculator)"]
     assert [r["config"]["calculator"] for r in results] == [True, False, True, False]
@@ -241,8 +241,21 @@ def test_calculator_ablation_writes_both_runs_and_a_markdown_table(policy, tmp_p
     assert [r["name"] for r in load_results(tmp_path)] == [r["name"] for r in results]
 
 
+def test_the_eval_stage_path_and_dpost_eval_score_the_same_items(policy, tmp_path: Path) -> None:
+    """The coordinator's eval stage calls evaluate_problems directly; `dpost eval` reaches it through
+    evaluate_file and eval.json: the same problems give the same items and metrics, chunk by chunk."""
+    path = FIXTURES / "gsm8k.jsonl"
+    config = EvalConfig(n=2, max_new_tokens=6, batch_size=2)
+    chunks: list[int] = []
+    items, metrics = evaluate_problems(load_problems(path).problems, CountingDecoder(policy), config, "tiny",
+                                       on_chunk=lambda chunk, seconds, tokens: chunks.append(len(chunk)))
+    result = evaluate_file(path, CountingDecoder(policy), config, tmp_path, "tiny", progress=False)
+    assert items == read_eval(tmp_path)["runs"]["gsm8k"]["items"] and metrics == result["metrics"]
+    assert sum(chunks) == len(items) == len(load_problems(path)) and max(chunks) == 2
+
+
 def test_decode_fn_may_return_the_model_version_of_every_row(policy, tmp_path: Path) -> None:
-    """The Serve pool's sample_rows returns (rows, versions); each record keeps the version that made it."""
+    """The Serve pool's decode_on_pool returns (rows, versions); each record keeps the version that made it."""
     decoder = CountingDecoder(policy)
 
     def pool_like(rows):
@@ -273,7 +286,7 @@ def test_a_bad_data_file_fails_before_anything_is_decoded(tmp_path: Path) -> Non
     decoded = []
     config = EvalConfig(data=[FIXTURES / "svamp.json", FIXTURES / "missing_key.json"])
     with pytest.raises(DataError):
-        evaluate(config, lambda rows: decoded.append(rows) or [], tmp_path, "x", progress=False)
+        evaluate_files(config, lambda rows: decoded.append(rows) or [], tmp_path, "x", progress=False)
     assert decoded == [] and not (tmp_path / "eval.json").exists()
 
 

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import threading
@@ -20,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.config import PoolConfig, ServingConfig
-from services.pools import deploy_pool, sample_rows, scale, swap
+from services.pools import deploy_pool, decode_on_pool, scale, swap
 from trainers.engine.decoding import DecodeRequest
 from trainers.core.prompting import format_prompt
 
@@ -47,12 +46,12 @@ def test_killed_rollout_replica_mid_sampling_loses_and_duplicates_no_sample(solv
     scale("rollout", 2, config)
     rows = [DecodeRequest(prompt=format_prompt(f"Bo has {i} pens and buys {i % 7} more. How many?"),
                           temperature=0.7, max_new_tokens=24, seed=1000 + i) for i in range(400)]
-    clean, _ = sample_rows(rows, chunk_rows=20)
+    clean, _ = decode_on_pool(rows, chunk_rows=20)
     first_chunk = threading.Event()
     box: dict = {}
 
     def run() -> None:
-        box["out"] = sample_rows(rows, chunk_rows=20, on_chunk=lambda *a: first_chunk.set())
+        box["out"] = decode_on_pool(rows, chunk_rows=20, on_chunk=lambda *a: first_chunk.set())
 
     thread = threading.Thread(target=run)
     thread.start()
@@ -85,46 +84,20 @@ def test_killed_writer_leaves_the_old_file_or_the_new_one_never_half(tmp_path):
             assert len(lines) == 20000 and len(set(lines)) == 1 and len(lines[0]) == 1000
 
 
-async def _blast(url: str, n: int, concurrency: int, body_for) -> tuple[list[int], list[float], list[dict]]:
-    statuses: list[int] = []
-    latencies: list[float] = []
+async def _blast(url: str, n: int, concurrency: int, body_for) -> list[dict]:
+    """n POST /v1/solve at most `concurrency` at a time; each response's status, headers and body."""
     bodies: list[dict] = []
     sem = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(timeout=180, limits=httpx.Limits(max_connections=concurrency)) as client:
         async def one(i: int) -> None:
             async with sem:
-                start = time.perf_counter()
                 r = await client.post(f"{url}/v1/solve", json=body_for(i))
-                latencies.append(time.perf_counter() - start)
-                statuses.append(r.status_code)
                 # Serve's own backpressure 503 is plain text; everything from our app is JSON
                 is_json = r.headers.get("content-type", "").startswith("application/json")
                 bodies.append({"status": r.status_code, "headers": dict(r.headers),
                                "json": r.json() if is_json else None, "text": r.text[:200]})
         await asyncio.gather(*(one(i) for i in range(n)))
-    return statuses, latencies, bodies
-
-
-@pytest.mark.ray
-def test_two_thousand_requests_with_hot_swaps_fail_none(solver, sft_result, base_checkpoint, tmp_path):
-    _, url = solver
-    versions = {"rel-1": sft_result.checkpoint, "rel-2": base_checkpoint, "rel-3": sft_result.checkpoint}
-
-    async def run() -> tuple[list[int], list[float], list[dict]]:
-        task = asyncio.create_task(_blast(url, 2000, 48, lambda i: {"question": f"Ana has {i} cups."}))
-        for version in ("rel-2", "rel-3"):
-            await asyncio.sleep(3)
-            await asyncio.to_thread(swap, "solver", version, str(versions[version]))
-        return await task
-
-    statuses, latencies, bodies = asyncio.run(run())
-    assert len(statuses) == 2000 and set(statuses) == {200}, sorted(set(statuses))
-    assert {b["json"]["model_version"] for b in bodies} <= set(versions)
-    p50, p99 = statistics.median(latencies), statistics.quantiles(latencies, n=100)[98]
-    (ROOT / "benchmarks" / "results").mkdir(parents=True, exist_ok=True)
-    (ROOT / "benchmarks" / "results" / "load_test.json").write_text(json.dumps(
-        {"requests": 2000, "concurrency": 48, "swaps": 2, "failed": 0, "p50_s": p50, "p99_s": p99}))
-    print(f"load test: 2000 requests, 48 concurrent, 2 swaps, 0 failed, p50 {p50:.3f}s p99 {p99:.3f}s")
+    return bodies
 
 
 @pytest.mark.ray
@@ -134,7 +107,8 @@ def test_saturated_solver_answers_503_with_retry_after_instead_of_hanging(solver
                           solver=PoolConfig(max_ongoing_requests=2, max_queued_requests=2, max_batch_size=2))
     deploy_pool("solver", tight, "rel-tight", str(sft_result.checkpoint))
     try:
-        statuses, _, bodies = asyncio.run(_blast(url, 60, 60, lambda i: {"question": f"Q{i}?"}))
+        bodies = asyncio.run(_blast(url, 60, 60, lambda i: {"question": f"Q{i}?"}))
+        statuses = [b["status"] for b in bodies]
         assert 503 in statuses and 200 in statuses and set(statuses) <= {200, 503}
         rejected = [b for b in bodies if b["status"] == 503]
         assert all(b["headers"].get("retry-after") == "2" for b in rejected)

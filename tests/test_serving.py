@@ -11,7 +11,7 @@ import pytest
 from ray import serve
 
 from services.config import PoolConfig, ServingConfig
-from services.pools import deploy_pool, pool_status, sample_rows, scale, swap
+from services.pools import deploy_pool, pool_status, decode_on_pool, scale, swap
 from services.registry import HEARTBEAT_TTL_S
 from trainers.models.checkpoints import load_policy
 from trainers.data.problems import load_problems
@@ -168,6 +168,6 @@ def test_scaling_one_pool_leaves_the_other_alone_and_new_replicas_serve_current_
     live = pool_status("solver")
     assert len(live["replicas"]) == 2 and {r["version"] for r in live["replicas"].values()} == {live["version"]}
     rows = [DecodeRequest(prompt=format_prompt(f"q{i}"), max_new_tokens=8, seed=i) for i in range(50)]
-    decoded, versions = sample_rows(rows, pool="rollout", chunk_rows=10)
+    decoded, versions = decode_on_pool(rows, pool="rollout", chunk_rows=10)
     assert len(decoded) == 50 and set(versions) == {"r2"}
     scale("solver", 1, config)

@@ -18,7 +18,7 @@ from trainers.engine.decoding import decode_all
 from trainers.core.errors import ConfigError
 from trainers.core.pairs import preference_pairs
 from trainers.core.prompting import format_completion, format_prompt
-from trainers.engine.rows import SamplingParams, make_requests, to_records
+from trainers.engine.rows import DecodeParams, make_requests, to_records
 from trainers.training.config import DPOStageConfig, SFTStageConfig
 from trainers.training.ray_train import train_dpo, train_sft
 
@@ -43,7 +43,7 @@ def test_dpo_on_two_workers_raises_reward_margin_and_accuracy(sft_result, synthe
     tiny model found none (it is weak after a few steps)."""
     model, tokenizer = load_policy(sft_result.checkpoint)
     problems = load_problems(synthetic_dir / "labeled.jsonl").problems[:48]
-    params = SamplingParams(n=3, temperature=0.7, max_new_tokens=96, seed=3)
+    params = DecodeParams(n=3, temperature=0.7, max_new_tokens=96, seed=3)
     records = to_records(problems, params, decode_all(model, tokenizer, make_requests(problems, params)), "sft")
     gold = {p.id: p for p in problems}
     for p in problems:  # one gold rationale per question joins the pool as a correct sample

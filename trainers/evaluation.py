@@ -1,10 +1,14 @@
-"""Evaluate a model on benchmark files: greedy pass@1 (strict and flexible), pass@k and maj@k, with or
+"""Evaluate a model on math word problems: greedy pass@1 (strict and flexible), pass@k and maj@k, with or
 without the calculator.
 
-Decoding goes through a `decode_fn(rows) -> list[Decoded]` so the same code runs in-process
-(`decode_all`) or on the Serve `rollout` pool (`services.pools.sample_rows`, which also returns each row's
-model version). Per-item records land in `<out_dir>/eval.json`, rewritten atomically after every chunk, so
-an interrupted run leaves a valid partial file and a re-run with the same settings resumes where it stopped.
+`evaluate_problems` is the one evaluation path: the coordinator's eval stage, `dpost eval` and the benchmarks
+all call it. It decodes through a `decode_fn(rows) -> list[Decoded]`, so the same code runs in-process
+(`local_decoder`) or on the Serve `rollout` pool (`services.pools.decode_on_pool`, which also returns each
+row's model version), and checks every answer with `trainers.core.answers`.
+
+`evaluate_files` (and `evaluate_file`) add benchmark files and a resumable output for `dpost eval`: per-item
+records land in `<out_dir>/eval.json`, rewritten atomically after every chunk, so an interrupted run leaves a
+valid partial file and a re-run with the same settings resumes where it stopped.
 
     eval.json = {"format": "dpost-eval/1", "runs": {name: run}}
     run       = {"name", "config", "data", "complete", "metrics", "throughput", "model_versions", "items": [item]}
@@ -26,17 +30,21 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, Union
 
-from trainers.core.answers import answers_match, format_answer
-from trainers.data.problems import Problem, ProblemSet, load_problems
-from trainers.engine.decoding import Decoded, DecodeRequest
-from trainers.core.files import atomic_write_text
-from trainers.core.errors import ConfigError
-from trainers.core.metrics import accuracy, maj_at_k, majority_vote, pass_at_k
-from trainers.engine.rows import SamplingParams, make_requests, to_records
+import torch
+from tqdm.auto import tqdm
 
-__all__ = ["DecodeFn", "EvalConfig", "PlannedRun", "evaluate", "evaluate_file", "format_skipped",
-           "format_throughput", "load_results", "markdown_report", "markdown_table", "plan_runs", "score_greedy",
-           "score_sampled", "terminal_table"]
+from trainers.core.answers import answers_match, format_answer
+from trainers.core.errors import ConfigError
+from trainers.core.files import atomic_write_text
+from trainers.core.metrics import accuracy, maj_at_k, majority_vote, pass_at_k
+from trainers.data.problems import Problem, ProblemSet, load_problems
+from trainers.engine.decoding import Decoded, DecodeRequest, decode_all
+from trainers.engine.rows import DecodeParams, make_requests, to_records
+from trainers.models.checkpoints import load_policy
+
+__all__ = ["DecodeFn", "EvalConfig", "PlannedRun", "evaluate_file", "evaluate_files", "evaluate_problems",
+           "format_skipped", "format_throughput", "load_results", "local_decoder", "markdown_report",
+           "markdown_table", "plan_runs", "score_greedy", "score_sampled", "terminal_table"]
 
 EVAL_FILE = "eval.json"
 FILE_FORMAT = "dpost-eval/1"
@@ -177,9 +185,38 @@ def _metrics(items: Sequence[Mapping[str, Any]], config: EvalConfig) -> dict[str
 
 # ---------------------------------------------------------------------------------------------- running
 
+# on_chunk(items, decode_seconds, generated_tokens): one finished chunk of evaluate_problems
+ChunkFn = Callable[[list[dict[str, Any]], float, int], None]
 
-def evaluate(config: EvalConfig, decode_fn: DecodeFn, out_dir: str | Path, model_version: str,
-             calculators: Sequence[bool] | None = None, progress: bool = True) -> list[dict[str, Any]]:
+
+def evaluate_problems(problems: Sequence[Problem], decode_fn: DecodeFn, config: EvalConfig, model_version: str,
+                      on_chunk: ChunkFn | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The evaluation: decode every problem through `decode_fn` (greedy and/or `config.n` samples, as `config`
+    says), `config.batch_size` problems per call, check each answer against its gold one, and return the items
+    (one per problem, in order; see the module docstring) and their metrics (`score_greedy`, `score_sampled`).
+    `on_chunk` sees each chunk's items, decode seconds and generated tokens as soon as the chunk is done."""
+    items: list[dict[str, Any]] = []
+    for start in range(0, len(problems), config.batch_size):
+        chunk_items, seconds, tokens = _evaluate_chunk(problems[start:start + config.batch_size], decode_fn,
+                                                       config, model_version)
+        items.extend(chunk_items)
+        if on_chunk:
+            on_chunk(chunk_items, seconds, tokens)
+    return items, _metrics(items, config)
+
+
+def local_decoder(checkpoint: str | Path, batch_size: int = 64) -> DecodeFn:
+    """A decode_fn that runs `checkpoint` in this process (on the GPU when there is one)."""
+    model, tokenizer = load_policy(checkpoint, device="cuda" if torch.cuda.is_available() else "cpu")
+
+    def decode(rows: list[DecodeRequest]) -> list[Decoded]:
+        return decode_all(model, tokenizer, rows, batch_size=batch_size)
+
+    return decode
+
+
+def evaluate_files(config: EvalConfig, decode_fn: DecodeFn, out_dir: str | Path, model_version: str,
+                   calculators: Sequence[bool] | None = None, progress: bool = True) -> list[dict[str, Any]]:
     """Evaluate every file in `config.data`, once per calculator setting (`[True, False]` is the calculator
     ablation; None means `[config.calculator]`). Writes eval.json and eval.md into out_dir; returns one
     result per run (see `evaluate_file`). Every file is read and every resume checked before decoding."""
@@ -231,8 +268,7 @@ def plan_runs(config: EvalConfig, out_dir: str | Path, calculators: Sequence[boo
 
 def _run(plan: PlannedRun, decode_fn: DecodeFn, out_dir: Path, model_version: str,
          progress: bool) -> dict[str, Any]:
-    from tqdm.auto import tqdm
-
+    """One run of `evaluate_files`: evaluate the items eval.json does not hold yet, saving it after each chunk."""
     config = plan.config
     problems = _limited(plan.problems, config)
     run_config = _run_config(config, plan.problems)
@@ -245,28 +281,27 @@ def _run(plan: PlannedRun, decode_fn: DecodeFn, out_dir: Path, model_version: st
     resumed = len(problems) - len(todo)
     timing = run["timing"]
 
+    def save() -> None:
+        run["complete"] = len(run["items"]) == len(problems)
+        _summarize(run, config)
+        doc["runs"][plan.name] = run
+        atomic_write_text(out_dir / EVAL_FILE, json.dumps(doc, indent=1, ensure_ascii=False))
+
     with tqdm(total=len(problems), initial=resumed, desc=plan.name, unit="item", disable=not progress,
               dynamic_ncols=True) as bar:
-        for start in range(0, len(todo), config.batch_size):
-            chunk = todo[start:start + config.batch_size]
-            items, seconds, tokens = _evaluate_chunk(chunk, decode_fn, config, model_version)
+        def on_chunk(items: list[dict[str, Any]], seconds: float, tokens: int) -> None:
             run["items"].extend(items)
             timing["decode_seconds"] += seconds
             timing["generated_tokens"] += tokens
             timing["decoded_items"] += len(items)
-            run["complete"] = len(run["items"]) == len(problems)
-            _summarize(run, config)
-            doc["runs"][plan.name] = run
-            atomic_write_text(out_dir / EVAL_FILE, json.dumps(doc, indent=1, ensure_ascii=False))
-            bar.update(len(chunk))
+            save()
+            bar.update(len(items))
             if config.greedy:
                 bar.set_postfix(acc=f"{run['metrics']['greedy_flexible']:.1%}", refresh=False)
 
+        evaluate_problems(todo, decode_fn, config, model_version, on_chunk=on_chunk)
     if not todo:  # nothing left to decode (a finished run asked again): still record the final state
-        run["complete"] = True
-        _summarize(run, config)
-        doc["runs"][plan.name] = run
-        atomic_write_text(out_dir / EVAL_FILE, json.dumps(doc, indent=1, ensure_ascii=False))
+        save()
     return {**_result(run), "resumed": resumed, "eval_json": str(out_dir / EVAL_FILE)}
 
 
@@ -274,9 +309,9 @@ def _evaluate_chunk(chunk: Sequence[Problem], decode_fn: DecodeFn, config: EvalC
                     model_version: str) -> tuple[list[dict[str, Any]], float, int]:
     """Decode one chunk's greedy and sampled rows in a single decode_fn call; return its items, the decode
     seconds and the generated tokens."""
-    greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=config.max_new_tokens,
+    greedy = DecodeParams(n=1, temperature=0.0, max_new_tokens=config.max_new_tokens,
                             calculator=config.calculator, seed=config.seed)
-    sampled = SamplingParams(n=config.n, temperature=config.temperature, max_new_tokens=config.max_new_tokens,
+    sampled = DecodeParams(n=config.n, temperature=config.temperature, max_new_tokens=config.max_new_tokens,
                              calculator=config.calculator, seed=config.seed)
     rows = (make_requests(chunk, greedy) if config.greedy else []) + make_requests(chunk, sampled)
     started = time.perf_counter()

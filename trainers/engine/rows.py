@@ -1,7 +1,7 @@
-"""Turn problems into decode rows and decoded rows into sample records with provenance (docs/architecture.md).
+"""Turn problems into decode rows and decoded rows into labeled records with provenance (docs/architecture.md).
 
-The same two functions serve the coordinator (rows go to the Serve rollout pool), evaluation and the
-HTTP solver, so a record means the same thing wherever it was made.
+The same two functions serve the coordinator's sampling (rows go to the Serve rollout pool) and every
+evaluation (trainers/evaluation.py), so a record means the same thing wherever it was made.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from trainers.core.prompting import format_prompt
 
 
 @dataclass(frozen=True)
-class SamplingParams:
-    """How to sample a stage: `n` rationales per question at `temperature` (0 = greedy)."""
+class DecodeParams:
+    """How to decode a set of questions: `n` rows per question at `temperature` (0 = greedy)."""
 
     n: int = 1
     temperature: float = 0.0
@@ -33,7 +33,7 @@ def row_seed(base_seed: int, question_id: str, sample_index: int) -> int:
     return zlib.crc32(f"{base_seed}:{question_id}:{sample_index}".encode()) & 0x7FFFFFFF
 
 
-def make_requests(problems: Sequence[Problem], params: SamplingParams) -> list[DecodeRequest]:
+def make_requests(problems: Sequence[Problem], params: DecodeParams) -> list[DecodeRequest]:
     """n rows per problem, problem-major: rows [i*n, (i+1)*n) belong to problems[i]."""
     return [
         DecodeRequest(prompt=format_prompt(p.question), temperature=params.temperature, top_p=params.top_p,
@@ -43,7 +43,7 @@ def make_requests(problems: Sequence[Problem], params: SamplingParams) -> list[D
     ]
 
 
-def to_records(problems: Sequence[Problem], params: SamplingParams, decoded: Sequence[Decoded],
+def to_records(problems: Sequence[Problem], params: DecodeParams, decoded: Sequence[Decoded],
                model_version: str) -> list[dict[str, Any]]:
     """Label each decoded row against its problem's gold answer and attach provenance."""
     if len(decoded) != len(problems) * params.n:
