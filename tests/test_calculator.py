@@ -20,7 +20,7 @@ from trainers.core.calculator import (
     CalculatorError,
     annotations,
     calculate,
-    evaluate,
+    compute,
     format_result,
     pending_expression,
 )
@@ -115,26 +115,26 @@ def test_calculator_accepts_dollars_and_thousands_separators(expr: str, expected
 @pytest.mark.parametrize("expr", ["1,0000+1", "1.5,000", "5$5", "(1,2)", "1,2"])
 def test_calculator_refuses_commas_that_are_not_thousands_separators(expr: str) -> None:
     with pytest.raises(CalculatorError):
-        evaluate(expr)
+        compute(expr)
 
 
 @pytest.mark.parametrize("expr", ["20*50%", "50%", "3 x 4", "3×4", "2^3", "1e5", "5 apples"])
 def test_calculator_refuses_notation_gsm8k_annotations_never_use(expr: str) -> None:
     with pytest.raises(CalculatorError):
-        evaluate(expr)
+        compute(expr)
 
 
 @pytest.mark.parametrize("expr", ["٣", "٣+1", "१२*2", "𝟗", "²", "1−2", "１+1"])
 def test_calculator_refuses_non_ascii_digits(expr: str) -> None:
     assert int("٣") == 3  # why this matters: Python itself would happily read them
     with pytest.raises(CalculatorError):
-        evaluate(expr)
+        compute(expr)
 
 
 @pytest.mark.parametrize("expr", ["1/0", "4//0", "5%0", "5.5%0", "0**-1", "1/(2-2)"])
 def test_calculator_reports_division_by_zero(expr: str) -> None:
     with pytest.raises(CalculatorError, match="division by zero"):
-        evaluate(expr)
+        compute(expr)
 
 
 @pytest.mark.parametrize(
@@ -144,7 +144,7 @@ def test_calculator_reports_division_by_zero(expr: str) -> None:
 )
 def test_calculator_keeps_every_value_in_bounds(expr: str) -> None:
     with pytest.raises(CalculatorError):
-        evaluate(expr)
+        compute(expr)
 
 
 def test_calculator_checks_length_before_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -153,15 +153,15 @@ def test_calculator_checks_length_before_parsing(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(calculator.ast, "parse", no_parse)
     with pytest.raises(CalculatorError, match="longer than"):
-        evaluate("1+" * 5_000 + "1")
+        compute("1+" * 5_000 + "1")
     with pytest.raises(CalculatorError):
-        evaluate("1" * (MAX_EXPR_LEN + 1))
+        compute("1" * (MAX_EXPR_LEN + 1))
 
 
 def test_calculator_refuses_non_strings() -> None:
     for value in (None, b"1+1", 3, ["1"]):
         with pytest.raises(CalculatorError):
-            evaluate(value)  # type: ignore[arg-type]
+            compute(value)  # type: ignore[arg-type]
 
 
 @contextlib.contextmanager
@@ -200,7 +200,7 @@ def test_calculator_never_runs_code_on_hostile_input(monkeypatch: pytest.MonkeyP
     with code_execution_forbidden(calls):
         for expr in HOSTILE:
             with pytest.raises(CalculatorError):
-                evaluate(expr)
+                compute(expr)
         assert calculate("48/2") == "24"  # the guards themselves do not break the happy path
     assert calls == []
     assert list(tmp_path.iterdir()) == []
@@ -212,7 +212,7 @@ def _time_call(expr: str) -> float:
     for _ in range(3):
         start = time.perf_counter()
         try:
-            value = evaluate(expr)
+            value = compute(expr)
         except CalculatorError:
             pass
         else:
@@ -295,9 +295,9 @@ def test_calculator_agrees_with_python_arithmetic_on_valid_expressions(expr: str
     too_big = len(expr) > MAX_EXPR_LEN or sum(1 for _ in ast.walk(tree)) > calculator.MAX_NODES
     if expected is None or too_big:
         with pytest.raises(CalculatorError):
-            evaluate(expr)
+            compute(expr)
     else:
-        assert evaluate(expr) == expected
+        assert compute(expr) == expected
 
 
 @pytest.mark.parametrize(

@@ -29,7 +29,7 @@ __all__ = [
     "MAX_NODES",
     "annotations",
     "calculate",
-    "evaluate",
+    "compute",
     "format_result",
     "pending_expression",
 ]
@@ -101,7 +101,7 @@ def _eval_node(node: ast.AST) -> Number:
     raise CalculatorError(f"not allowed in an expression: {type(node).__name__}")
 
 
-def evaluate(expr: str) -> int | float:
+def compute(expr: str) -> int | float:
     """Value of an arithmetic expression; CalculatorError for anything that is not plain, bounded arithmetic."""
     if not isinstance(expr, str):
         raise CalculatorError(f"expression must be a string, got {type(expr).__name__}")
@@ -144,8 +144,8 @@ def format_result(value: int | float) -> str:
 
 
 def calculate(expr: str) -> str:
-    """`evaluate` then `format_result`: the text the decoder writes after `<<expr=`."""
-    return format_result(evaluate(expr))
+    """`compute` then `format_result`: the text the decoder writes after `<<expr=`."""
+    return format_result(compute(expr))
 
 
 def pending_expression(text: str) -> str | None:
