@@ -17,13 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from trainers.engine.decoding import DecodeEngine, Decoded, DecodeRequest
+from trainers.models.checkpoints import Policy
 
 logger = logging.getLogger("ray.serve")
 
 
 @dataclass(eq=False)
 class _Job:
-    policy: Any  # services.sampler.Policy; every row of a job decodes with it
+    policy: Policy  # every row of a job decodes with it
     requests: Sequence[DecodeRequest]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
@@ -57,7 +58,9 @@ class DecodeLoop:
     def __init__(self, max_batch: int = 64) -> None:
         self.max_batch = max_batch
         self._inbox: queue.SimpleQueue[_Job] = queue.SimpleQueue()
-        self._engines: dict[int, tuple[Any, DecodeEngine, set[_Job]]] = {}  # id(policy) -> engine
+        # one engine per policy (policies compare by identity); holding the policy here keeps its model
+        # alive until its last row is done, even after the replica swapped to another
+        self._engines: dict[Policy, tuple[DecodeEngine, set[_Job]]] = {}
         self._thread = threading.Thread(target=self._run, name="dpost-decode", daemon=True)
         self._thread.start()
 
@@ -65,7 +68,7 @@ class DecodeLoop:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def submit(self, policy: Any, requests: Sequence[DecodeRequest]) -> asyncio.Future:
+    def submit(self, policy: Policy, requests: Sequence[DecodeRequest]) -> asyncio.Future:
         """Queue `requests` for decoding with `policy`; the future resolves to their `Decoded`s, in order."""
         loop = asyncio.get_running_loop()
         job = _Job(policy, list(requests), loop, loop.create_future())
@@ -81,7 +84,7 @@ class DecodeLoop:
 
     def _run(self) -> None:
         while True:
-            busy = any(not engine.idle for _, engine, _ in self._engines.values())
+            busy = any(not engine.idle for engine, _ in self._engines.values())
             try:
                 self._accept(self._inbox.get(block=not busy))
                 while True:
@@ -90,24 +93,23 @@ class DecodeLoop:
                 pass
             except Exception:  # _accept failed the job itself; keep serving the others
                 logger.exception("could not queue a request")
-            for key, (policy, engine, jobs) in list(self._engines.items()):
+            for policy, (engine, jobs) in list(self._engines.items()):
                 if engine.idle:
-                    del self._engines[key]  # nothing left to decode with this snapshot
+                    del self._engines[policy]  # nothing left to decode with this snapshot
                     continue
                 try:
                     engine.step()
                 except Exception as exc:  # fail this engine's requests, keep the replica serving
                     logger.exception("decode step failed")
-                    del self._engines[key]
+                    del self._engines[policy]
                     for job in jobs:
                         job.fail(exc)
 
     def _accept(self, job: _Job) -> None:
-        key = id(job.policy)
-        if key not in self._engines:
+        if job.policy not in self._engines:
             engine = DecodeEngine(job.policy.model, job.policy.tokenizer, self.max_batch)
-            self._engines[key] = (job.policy, engine, set())
-        _, engine, jobs = self._engines[key]
+            self._engines[job.policy] = (engine, set())
+        engine, jobs = self._engines[job.policy]
         try:
             engine.add(job.requests, lambda index, decoded: self._done(jobs, job, index, decoded))
         except Exception as exc:  # e.g. the tokenizer refused a prompt: only this request fails

@@ -13,27 +13,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import ray
 from ray import serve
 
 from services.registry import get_registry
-from trainers.models.checkpoints import load_policy
+from trainers.models.checkpoints import Policy, load_policy
 from services.decode_loop import DecodeLoop
 from trainers.engine.decoding import DecodeRequest
 
 logger = logging.getLogger("ray.serve")
 POLL_INTERVAL_S = 0.5
-
-
-@dataclass(frozen=True)
-class Policy:
-    version: str
-    checkpoint: str
-    model: Any
-    tokenizer: Any
 
 
 @serve.deployment(name="Sampler")

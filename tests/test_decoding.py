@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -11,9 +10,10 @@ import torch
 from transformers import DynamicCache
 
 from services.decode_loop import DecodeLoop
-from trainers.models.checkpoints import load_policy
+from trainers.models.checkpoints import Policy, load_policy
 from trainers.data.problems import load_problems
-from trainers.engine.decoding import DecodeEngine, DecodeRequest, decode_all
+from trainers.engine import decoding
+from trainers.engine.decoding import DecodeEngine, DecodeRequest, decode_all, equals_token_ids
 from trainers.engine.kv_slots import SlotCache
 from trainers.core.prompting import format_prompt
 
@@ -117,19 +117,12 @@ def test_samples_of_one_question_share_one_prefill_and_keep_their_own_seeds(trai
     assert len({d.text for d in together[:4]}) > 1  # each sample follows its own seed
 
 
-@dataclass(frozen=True)
-class _Policy:
-    version: str
-    model: Any
-    tokenizer: Any
-
-
 @pytest.mark.ray
 def test_decode_loop_runs_two_policies_at_once_and_survives_a_bad_request(trained):
     model, tokenizer, problems = trained
     rows = [DecodeRequest(prompt=format_prompt(p.question), max_new_tokens=32) for p in problems[:6]]
     expected = decode_all(model, tokenizer, rows)
-    old, new = _Policy("v1", model, tokenizer), _Policy("v2", model, tokenizer)
+    old, new = Policy("v1", "in-memory", model, tokenizer), Policy("v2", "in-memory", model, tokenizer)
 
     async def scenario() -> tuple[list[Any], ...]:
         loop = DecodeLoop(max_batch=4)
@@ -147,3 +140,25 @@ def test_decode_loop_runs_two_policies_at_once_and_survives_a_bad_request(traine
     first, second, empty, after = asyncio.run(asyncio.wait_for(scenario(), timeout=120))
     assert [d.text for d in first + second] == [d.text for d in expected]
     assert empty == [] and [d.text for d in after] == [d.text for d in expected[:2]]
+
+
+def _word_tokenizer(words: list[str]) -> Any:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["[UNK]"] + words)}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="[UNK]")
+
+
+def test_token_sets_are_per_tokenizer_and_go_with_it():
+    import gc
+
+    before = len(decoding._TOKEN_SETS)
+    for swap in range(20):  # hot swaps: each new tokenizer may land at the address of the one just dropped
+        words = ["a", "b=", "c"] if swap % 2 else ["x=", "y", "z", "w="]
+        tokenizer = _word_tokenizer(words)
+        assert equals_token_ids(tokenizer) == {i for i, w in enumerate(["[UNK]"] + words) if w.endswith("=")}
+        del tokenizer
+        gc.collect()
+    assert len(decoding._TOKEN_SETS) == before  # nothing kept for tokenizers that are gone

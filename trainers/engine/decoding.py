@@ -15,6 +15,7 @@ Per row, independent of which other rows share the batch:
 from __future__ import annotations
 
 import inspect
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
@@ -47,16 +48,18 @@ class Decoded:
     calculator_overrides: list[dict[str, str]] = field(default_factory=list)
 
 
-_TOKEN_SETS: dict[tuple[int, str], frozenset[int]] = {}
+# Keyed by the tokenizer object itself, held weakly: an entry lives exactly as long as its tokenizer (a hot
+# swap's old model takes its sets with it), and a new tokenizer never finds another one's ids.
+_TOKEN_SETS: weakref.WeakKeyDictionary[PreTrainedTokenizerBase, dict[str, frozenset[int]]] = \
+    weakref.WeakKeyDictionary()
 
 
 def token_ids_where(tokenizer: PreTrainedTokenizerBase, predicate: Callable[[str], bool], key: str) -> frozenset[int]:
     """Ids of the tokens whose text satisfies `predicate` (cached per tokenizer and key)."""
-    cache_key = (id(tokenizer), key)
-    if cache_key not in _TOKEN_SETS:
-        _TOKEN_SETS[cache_key] = frozenset(i for i in tokenizer.get_vocab().values()
-                                           if predicate(tokenizer.decode([i])))
-    return _TOKEN_SETS[cache_key]
+    sets = _TOKEN_SETS.setdefault(tokenizer, {})
+    if key not in sets:
+        sets[key] = frozenset(i for i in tokenizer.get_vocab().values() if predicate(tokenizer.decode([i])))
+    return sets[key]
 
 
 def equals_token_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:

@@ -4,11 +4,25 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
+
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from trainers.core.errors import CheckpointError
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+@dataclass(frozen=True, eq=False)
+class Policy:
+    """A loaded checkpoint labeled with the version it serves: what a replica decodes with. Compared and
+    hashed by identity, so each load (each hot swap) is its own policy even when two share a version."""
+
+    version: str
+    checkpoint: str
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
 
 
 def validate_checkpoint(path: str | os.PathLike[str]) -> Path:
