@@ -20,12 +20,12 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.config import ServingConfig
+from services.registry import get_registry
 from trainers.core.answers import answers_match, cut_after_answer, extract_answer, format_answer
 from trainers.core.metrics import majority_vote
 from trainers.core.prompting import format_prompt
 
 app = FastAPI(title="dpost solver", version="1")
-LIMITS = ServingConfig()  # replaced per deployment in SolverAPI.__init__
 
 
 def _error(status: int, message: str, kind: str) -> JSONResponse:
@@ -74,8 +74,6 @@ class CompletionRequest(BaseModel):
 @serve.ingress(app)
 class SolverAPI:
     def __init__(self, sampler: DeploymentHandle, limits: dict[str, Any] | None = None) -> None:
-        from services.registry import get_registry
-
         self.sampler = sampler
         self.limits = ServingConfig(**{k: v for k, v in (limits or {}).items() if k not in ("rollout", "solver")})
         self.registry = get_registry()

@@ -1,4 +1,4 @@
-"""Application builders for Serve config files and `serve run`:
+"""The solver's application builder, for Serve config files and `serve run`:
 
     serve run services.app:solver_app checkpoint=/path/to/sft-1 version=sft-1
     serve deploy deploy/serve_solver.yaml      # same builder, args from the file
@@ -14,19 +14,10 @@ from services.config import ServingConfig
 from services.pools import build_app, publish
 
 
-def _build(pool: str, args: dict[str, Any]):
+def solver_app(args: dict[str, Any]):
+    """The public solver: FastAPI ingress + `solver` Sampler pool, serving `checkpoint` if given."""
     config = ServingConfig.from_dict(dict(args.get("serving") or {}))
     checkpoint = args.get("checkpoint")
     if checkpoint:
-        publish(pool, str(args.get("version") or "v0"), str(checkpoint))
-    return build_app(pool, config)
-
-
-def solver_app(args: dict[str, Any]):
-    """The public solver: FastAPI ingress + `solver` Sampler pool."""
-    return _build("solver", args)
-
-
-def rollout_app(args: dict[str, Any]):
-    """The coordinator's rollout pool (no HTTP route)."""
-    return _build("rollout", args)
+        publish("solver", str(args.get("version") or "v0"), str(checkpoint))
+    return build_app("solver", config)
