@@ -1,5 +1,6 @@
-# Two entry points for a fresh machine: `make demo` and `make test`. Both create .venv when missing and
-# install torch==2.13.0 first (a CPU build from a local file), so nothing pulls CUDA wheels.
+# Two entry points for a fresh machine: `make demo` and `make test` (`make test-fast`: only the tests without
+# Ray). Both create .venv when missing and install torch==2.13.0 first (a CPU build from a local file), so
+# nothing pulls CUDA wheels.
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
@@ -10,7 +11,7 @@ export OMP_NUM_THREADS := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_DEDUP_LOGS := 0
 
-.PHONY: setup demo test bench experiments clean
+.PHONY: setup demo test test-fast bench experiments clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,8 +24,13 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/dpost run configs/demo.yaml
 
+# Everything, integration on real Ray included (CI runs this).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25 tests
+
+# Every test that starts no Ray (tests/conftest.py marks each one that does `ray`).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=10 -m "not ray" tests
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/sampler.py

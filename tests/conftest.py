@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,35 @@ os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "dpos
 
 GSM8K_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
 FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that needs the session cluster (directly or through a fixture) is `ray`, so `make test-fast`
+    (`-m "not ray"`) cannot pick it up because someone forgot the marker."""
+    for item in items:
+        if "ray_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)
+
+
+@pytest.fixture(autouse=True)
+def _unmarked_tests_start_no_ray(request):
+    """A test without the `ray` marker that starts Ray in this process fails: mark it (or its module) `ray`."""
+    if request.node.get_closest_marker("ray") is not None:
+        yield
+        return
+    was_running = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    yield
+    if not was_running and "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        pytest.fail(f"{request.node.nodeid} started Ray but is not marked `ray`", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def gsm8k_test_file() -> Path:
+    """The real GSM8K test set, from the shared data next to the checkout: missing, the test fails (CI must
+    have it), never skips."""
+    path = GSM8K_DIR / "test.jsonl"
+    assert path.is_file(), f"{path} is missing: the real GSM8K test set is expected next to the checkout"
+    return path
 
 
 def free_port() -> int:
@@ -63,16 +93,26 @@ def other_base_checkpoint(base_checkpoint, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_cluster():
+    """The session's cluster, with its dashboard: the Jobs API that `dpost submit` talks to lives there."""
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=True, configure_logging=False)
-    yield ray
+    # a submitted job runs `python -m cluster.job` through the job agent's PATH: this venv's python
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    context = ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_port=free_port(),
+                       log_to_driver=True, configure_logging=False)
+    yield context
     try:
         from ray import serve
 
         serve.shutdown()
     finally:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def jobs_address(ray_cluster) -> str:
+    """The session cluster's Ray Jobs API (its dashboard), for `dpost submit --address`."""
+    return f"http://{ray_cluster.dashboard_url}"
 
 
 @pytest.fixture(scope="session")
