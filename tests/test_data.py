@@ -10,9 +10,7 @@ import pytest
 from trainers.data import problems as data
 from trainers.data.problems import Problem, ProblemSet, load_problems, write_gsm8k_jsonl
 from trainers.core.errors import ConfigError, DataError
-
-FIXTURES = Path(__file__).parent / "fixtures"
-REAL_GSM8K_TEST = Path("/work/shared/data/gsm8k/test.jsonl")
+from tests.conftest import FIXTURES
 
 
 def test_gsm8k_reads_rationales_thousands_separators_and_negatives() -> None:
@@ -206,9 +204,8 @@ def test_write_replaces_the_file_atomically_and_leaves_no_temp_file(tmp_path: Pa
     assert load_problems(path)[0].answer == 1.0
 
 
-@pytest.mark.skipif(not REAL_GSM8K_TEST.exists(), reason=f"{REAL_GSM8K_TEST} is not present on this machine")
-def test_real_gsm8k_test_set_loads_all_1319_items() -> None:
-    problems = load_problems(REAL_GSM8K_TEST)
+def test_real_gsm8k_test_set_loads_all_1319_items(gsm8k_test_file: Path) -> None:
+    problems = load_problems(gsm8k_test_file)
     assert len(problems) == 1319 and problems.skipped == 0
     assert problems[0].answer == 18.0 and problems[0].id == "test-1"
     assert all(p.rationale is not None and "#### " in p.rationale for p in problems)
