@@ -1,19 +1,17 @@
-"""The coordinator on a real local Ray cluster: a tiny DPO-ST run end to end, killed mid-iteration and
-resumed, and the same loop submitted as a Ray job to a `ray start --head` cluster."""
+"""The coordinator on a real local Ray cluster: a tiny DPO-ST run end to end from a cached warm-up model,
+killed mid-iteration and resumed, and the same loop submitted as a Ray job through the cluster's Jobs API."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 import yaml
 
@@ -25,11 +23,16 @@ pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def tiny_config(tmp_path: Path, name: str, port: int) -> dict:
+def tiny_config(tmp_path: Path, name: str, port: int, warm_up: dict | None = None) -> dict:
+    """configs/tiny.yaml for one test run; with `warm_up`, the run starts from that cached warm-up model."""
     raw = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
     raw["name"] = name
     raw["storage"] = {"root": str(tmp_path / "runs")}
     raw["serving"]["port"] = port
+    if warm_up:
+        raw["model"] = {"path": warm_up["base"], "warmup": warm_up["checkpoint"]}
+        # only sft-1 trains SFT here: a short one still proves training, resuming and promotion
+        raw["training"]["sft"]["max_steps"] = 100
     return raw
 
 
@@ -52,13 +55,29 @@ def _wait_for(manifest_path: Path, ready, what: str, timeout_s: float = 900) -> 
 
 
 @pytest.fixture(scope="module")
-def clean_run(ray_cluster, serve_port, tmp_path_factory):
+def warm_up(ray_cluster, base_checkpoint, tmp_path_factory) -> dict:
+    """The tiny run's warm-up model, trained once for every run in this module: what sft-0 trains in a tiny
+    run (its SFT settings, on its labeled split, from the session's base model) with the real path (Ray Train,
+    DeepSpeed, TRL). Strong enough that the warm-up's samples yield DPO pairs."""
+    from trainers.data.synthetic import build_synthetic_task
+    from trainers.training.ray_train import train_sft
+
+    out = tmp_path_factory.mktemp("warm-up")
+    config = parse_config(tiny_config(out, "tiny-warm-up", free_port()))
+    task = build_synthetic_task(config.synthetic_config(), out / "task")
+    result = train_sft(config.stage_config("sft", model_path=str(base_checkpoint), data_path=str(task["labeled"]),
+                                           output_dir=str(out / "sft-0"), run_name="tiny-warm-up"))
+    return {"base": str(base_checkpoint), "checkpoint": str(result.checkpoint)}
+
+
+@pytest.fixture(scope="module")
+def clean_run(ray_cluster, serve_port, warm_up, tmp_path_factory):
     """The reference: the same tiny run (same seed), never interrupted."""
     import ray
 
     from cluster.job import start_coordinator
 
-    config = parse_config(tiny_config(tmp_path_factory.mktemp("clean"), "tiny-clean", serve_port))
+    config = parse_config(tiny_config(tmp_path_factory.mktemp("clean"), "tiny-clean", serve_port, warm_up))
     coordinator = start_coordinator(config, detached=False)
     ray.get(coordinator.run.remote(), timeout=900)
     ray.kill(coordinator, no_restart=True)
@@ -66,29 +85,18 @@ def clean_run(ray_cluster, serve_port, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def killed_and_resumed_run(clean_run, ray_cluster, serve_port, tmp_path_factory):
+def killed_and_resumed_run(clean_run, ray_cluster, serve_port, warm_up, tmp_path_factory):
     """Start a run and kill its coordinator twice, at different stages, letting Ray restart it each time:
-    first in the middle of the warm-up SFT's Ray Train run, then right after the first sampling stage."""
+    first right after the first sampling stage, then in the middle of sft-1's Ray Train run."""
     import ray
     from ray.util import placement_group_table
 
     from cluster.job import start_coordinator
 
-    config = parse_config(tiny_config(tmp_path_factory.mktemp("coord"), "tiny-kill", serve_port))
+    config = parse_config(tiny_config(tmp_path_factory.mktemp("coord"), "tiny-kill", serve_port, warm_up))
     coordinator = start_coordinator(config, detached=False)
     result_ref = coordinator.run.remote()
     manifest_path = config.run_dir / "manifest.json"
-
-    stages = _wait_for(manifest_path, lambda s: s.get("sft-0", {}).get("status") == "running", "sft-0 running")
-    deadline = time.monotonic() + 300  # inside the warm-up SFT: Ray Train holds its workers' placement group
-    while not any(g["state"] == "CREATED" for g in placement_group_table().values()):
-        assert time.monotonic() < deadline, "the warm-up SFT never reserved its workers"
-        time.sleep(0.2)
-    time.sleep(3)
-    assert _stages(manifest_path)["sft-0"]["status"] == "running"
-    first_kill = {"before": {n: s for n, s in _stages(manifest_path).items() if s.get("status") == "done"},
-                  "sft-0-started": stages["sft-0"]["started"]}
-    ray.kill(coordinator, no_restart=False)
 
     _wait_for(manifest_path, lambda s: s.get("it1-dpo-samples", {}).get("status") == "done", "it1-dpo-samples")
     before = _stages(manifest_path)
@@ -96,20 +104,26 @@ def killed_and_resumed_run(clean_run, ray_cluster, serve_port, tmp_path_factory)
     files = {name: {k: _digest(v) for k, v in s["outputs"].items() if k.endswith("path") and Path(v).is_file()}
              for name, s in finished.items()}
     ray.kill(coordinator, no_restart=False)
+
+    stages = _wait_for(manifest_path, lambda s: s.get("sft-1", {}).get("status") == "running", "sft-1 running")
+    earlier_groups = set(placement_group_table())
+    deadline = time.monotonic() + 300  # inside sft-1: Ray Train holds its workers' placement group
+    while not any(g["state"] == "CREATED" for pg, g in placement_group_table().items() if pg not in earlier_groups):
+        assert time.monotonic() < deadline, "sft-1 never reserved its workers"
+        time.sleep(0.2)
+    time.sleep(3)
+    assert _stages(manifest_path)["sft-1"]["status"] == "running"
+    training_kill = {"before": {n: s for n, s in _stages(manifest_path).items() if s.get("status") == "done"},
+                     "sft-1-started": stages["sft-1"]["started"]}
+    ray.kill(coordinator, no_restart=False)
     result = ray.get(result_ref, timeout=900)  # the twice-retried `run` on the twice-restarted actor
     after = json.loads(manifest_path.read_text())
-    return config, finished, files, after, result, first_kill
+    return config, finished, files, after, result, training_kill
 
 
 def test_killed_coordinator_resumes_without_redoing_finished_stages(killed_and_resumed_run):
-    config, finished, files, after, _, first_kill = killed_and_resumed_run
-    # first kill, mid-training: the stages done before it were kept, the interrupted SFT ran again
-    assert set(first_kill["before"]) >= {"data", "base"} and "sft-0" not in first_kill["before"]
-    for name, entry in first_kill["before"].items():
-        assert after["stages"][name]["started"] == entry["started"], f"{name} was run again"
-    assert after["stages"]["sft-0"]["started"] > first_kill["sft-0-started"]
-    assert len(after["coordinator_starts"]) == 3 and after["started"] == after["coordinator_starts"][0]
-    # second kill, after a sampling stage: nothing finished was recomputed or rewritten
+    config, finished, files, after, _, training_kill = killed_and_resumed_run
+    # first kill, after a sampling stage: nothing finished was recomputed or rewritten
     assert "it1-dpo-samples" in finished and "sft-0" in finished
     for name, entry in finished.items():
         assert after["stages"][name]["started"] == entry["started"], f"{name} was run again"
@@ -119,6 +133,13 @@ def test_killed_coordinator_resumes_without_redoing_finished_stages(killed_and_r
     samples = read_jsonl(Path(after["stages"]["it1-dpo-samples"]["outputs"]["path"]))
     assert len(samples) == 40 * 5  # every planned sample of the finished stage is kept, once
     assert len({(s["question_id"], s["sample_index"]) for s in samples}) == len(samples)
+    # second kill, mid-training: the stages done before it were kept, the interrupted SFT ran again
+    assert set(training_kill["before"]) >= {"data", "base", "sft-0", "it1-pairs", "dpo-1", "it1-pseudo-labels"}
+    assert "sft-1" not in training_kill["before"]
+    for name, entry in training_kill["before"].items():
+        assert after["stages"][name]["started"] == entry["started"], f"{name} was run again"
+    assert after["stages"]["sft-1"]["started"] > training_kill["sft-1-started"]
+    assert len(after["coordinator_starts"]) == 3 and after["started"] == after["coordinator_starts"][0]
 
 
 def _normalized_lines(path: str, run_name: str) -> list[str]:
@@ -184,7 +205,7 @@ def test_bad_run_config_is_one_clear_error(tmp_path):
 
     bad = tmp_path / "bad.yaml"
     for text, message in [("mode: dpo-xx\n", "mode"), ("model: {preset: huge}\n", "preset"),
-                          ("training: {zero_stage: 7}\n", "ZeRO"), ("nope: 1\n", "unknown key"),
+                          ("training: {zero_stage: 7}\n", "zero_stage"), ("nope: 1\n", "unknown key"),
                           ("sampling: [1, 2\n", "not valid YAML")]:
         bad.write_text("data: {synthetic: {}}\n" + text)
         with pytest.raises(Exception, match=message):
@@ -195,42 +216,31 @@ def test_bad_run_config_is_one_clear_error(tmp_path):
     assert main(["status", "--root", str(tmp_path)]) == 2
 
 
-@pytest.fixture()
-def head_node(tmp_path):
-    """`ray start --head` in its own temp dir; stopped by killing exactly its processes (never `ray stop`)."""
-    temp_dir = Path("/tmp") / f"dpost-head-{os.getpid()}-{int(time.time())}"
-    dashboard = free_port()
-    # on a real cluster dpost is installed in the default python; here that python is this venv's
-    env = {**os.environ, "RAY_AUTH_MODE": "token",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    env.pop("RAY_ADDRESS", None)
-    # every agent port free: the session's own cluster already holds the defaults (52365 and friends), and
-    # a head whose job agent cannot bind answers "No available agent to submit job" forever
-    subprocess.run(["ray", "start", "--head", f"--port={free_port()}", "--num-cpus=2",
-                    f"--dashboard-port={dashboard}", "--include-dashboard=true", f"--temp-dir={temp_dir}",
-                    f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-                    f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-                    "--disable-usage-stats"], check=True, env=env, capture_output=True,
-                   cwd=ROOT, executable=shutil.which("ray") or str(Path(sys.executable).parent / "ray"))
-    yield f"http://127.0.0.1:{dashboard}", env
-    for proc in psutil.process_iter(["cmdline"]):
-        if str(temp_dir) in " ".join(proc.info["cmdline"] or []):
-            proc.kill()
-    shutil.rmtree(temp_dir, ignore_errors=True)
+def test_submitted_job_runs_to_completion_and_status_shows_its_stages(jobs_address, serve_port, warm_up,
+                                                                     tmp_path):
+    """`dpost submit` through the session cluster's Jobs API: the job's driver joins that cluster, runs the
+    loop on a detached coordinator and exits when the run is done."""
+    import ray
 
+    from cluster.job import coordinator_name
+    from services.registry import NAMESPACE
 
-def test_submitted_job_runs_to_completion_and_status_shows_its_stages(head_node, tmp_path):
-    address, env = head_node
-    raw = tiny_config(tmp_path, "tiny-job", free_port())
+    raw = tiny_config(tmp_path, "tiny-job", serve_port, warm_up)
     raw["mode"] = "st"  # the DPO step and accuracy are covered above; this checks the job plumbing, briefly
     raw["training"]["sft"]["max_steps"] = 30
     config_path = tmp_path / "job.yaml"
     config_path.write_text(yaml.safe_dump(raw))
     dpost = [sys.executable, "-m", "cluster.cli"]
-    proc = subprocess.run(dpost + ["submit", str(config_path), "--address", address, "--wait"], env=env,
-                          capture_output=True, text=True, cwd=ROOT, timeout=900)
+    try:
+        proc = subprocess.run(dpost + ["submit", str(config_path), "--address", jobs_address, "--wait"],
+                              capture_output=True, text=True, cwd=ROOT, timeout=900)
+    finally:  # the job's coordinator is detached: it would outlive the test on the session cluster
+        try:
+            ray.kill(ray.get_actor(coordinator_name("tiny-job"), namespace=NAMESPACE), no_restart=True)
+        except ValueError:
+            pass  # never started
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    status = subprocess.run(dpost + ["status", "tiny-job", "--root", str(tmp_path / "runs")], env=env,
+    status = subprocess.run(dpost + ["status", "tiny-job", "--root", str(tmp_path / "runs")],
                             capture_output=True, text=True, cwd=ROOT)
     assert status.returncode == 0, status.stderr
     for stage in ("sft-0", "it1-sft-samples", "it1-pseudo-labels", "sft-1", "promote-sft-1"):
