@@ -63,7 +63,8 @@ def sft(base: Path, pairs: Sequence[tuple[str, str]], out: Path, steps: int, lr:
     # the production trainer in one process: no Ray callbacks, no DeepSpeed, no intermediate checkpoints
     config = SFTStageConfig(model_path=str(base), data_path=str(data), output_dir=str(out), max_steps=steps,
                             learning_rate=lr, per_device_train_batch_size=batch, seed=seed, zero_stage=0,
-                            save_steps=10**9, logging_steps=max(1, steps // 10), group_by_length=False)
+                            save_steps=10**9, logging_steps=max(1, steps // 10),
+                            train_sampling_strategy="random")
     trainer = build_trainer("sft", config, ray_train=False)
     trainer.train()
     trainer.save_model(str(out))

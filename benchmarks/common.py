@@ -298,7 +298,7 @@ def sft_in_process(base: Path, labeled_path: Path, out: Path, steps: int, batch:
     config = SFTStageConfig(model_path=str(base), data_path=str(labeled_path), output_dir=str(out),
                             max_steps=steps, learning_rate=lr, per_device_train_batch_size=batch, seed=seed,
                             zero_stage=0, save_steps=10**9, logging_steps=max(1, steps // 5),
-                            group_by_length=False)
+                            train_sampling_strategy="random")
     trainer = build_trainer("sft", config, ray_train=False)
     with Stopwatch() as sw:
         trainer.train()

@@ -57,7 +57,6 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -114,8 +113,6 @@ def _plain_trainer(kind: str, config: Any, step_times: list[tuple[int, float]]):
     """The exact TRL trainer a Ray Train worker builds (`trainers.training.ray_train.build_trainer`), built for one plain
     process: `ray_train=False` (no Ray callbacks) and `zero_stage=0` (no DeepSpeed). A callback timestamps
     every logged step."""
-    from dataclasses import replace
-
     from transformers import TrainerCallback
 
     from trainers.training.ray_train import build_trainer
@@ -125,7 +122,7 @@ def _plain_trainer(kind: str, config: Any, step_times: list[tuple[int, float]]):
             if logs and "loss" in logs:
                 step_times.append((state.global_step, time.perf_counter()))
 
-    trainer = build_trainer(kind, replace(config, zero_stage=0), ray_train=False)
+    trainer = build_trainer(kind, config.model_copy(update={"zero_stage": 0}), ray_train=False)
     assert not trainer.is_deepspeed_enabled and trainer.args.use_cpu
     trainer.add_callback(StepClock())
     return trainer
@@ -142,7 +139,7 @@ def plain_child(spec_path: str) -> None:
     torch.set_num_threads(1)
     kind = spec["kind"]
     config = (SFTStageConfig if kind == "sft" else DPOStageConfig)(**spec["config"])
-    config.validate()
+    config = config.checked()
     t_imported = time.perf_counter()
     step_times: list[tuple[int, float]] = []
     trainer = _plain_trainer(kind, config, step_times)
@@ -171,7 +168,8 @@ def run_plain(kind: str, config: Any, work: Path) -> dict[str, Any]:
     run_dir.mkdir(parents=True, exist_ok=True)
     spec = run_dir / "spec.json"
     result_path = run_dir / "result.json"
-    spec.write_text(json.dumps({"kind": kind, "config": asdict(config), "result_path": str(result_path)}))
+    spec.write_text(json.dumps({"kind": kind, "config": config.model_dump(mode="json", exclude_unset=True),
+                                "result_path": str(result_path)}))
     log = run_dir / "child.log"
     with Stopwatch() as sw, open(log, "w") as out:
         proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--plain-child", str(spec)],

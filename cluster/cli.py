@@ -228,6 +228,18 @@ def running_coordinator(run_name: str, run_root: Path) -> Any | None:
     return actor if root == str(Path(run_root).resolve()) else None
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    """The run config's JSON Schema (for editors validating YAML), or a config file resolved with every
+    default filled in."""
+    from cluster.config import config_schema, load_config, show_config
+
+    if args.schema:
+        print(json.dumps(config_schema(), indent=1))
+    else:
+        print(show_config(load_config(args.show)), end="")
+    return 0
+
+
 def cmd_build_model(args: argparse.Namespace) -> int:
     from trainers.data.synthetic import SyntheticTaskConfig, corpus_texts
     from trainers.models.scratch import build_tiny_model
@@ -283,6 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run")
     p.add_argument("--root", default="runs")
     p.add_argument("--address")
+
+    p = add("config", cmd_config, "print the run config's JSON Schema, or a config with its defaults filled in")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--schema", action="store_true", help="the JSON Schema of a run config")
+    which.add_argument("--show", metavar="FILE", help="this run config, resolved, as YAML")
 
     p = add("build-model", cmd_build_model, "build a from-scratch tokenizer + model preset")
     p.add_argument("--preset", default="small")

@@ -5,236 +5,266 @@
     iterations: 1
     model: {preset: small}  # or {path: /models/my-hf-folder}
     data: {synthetic: {...}} # or {labeled: a.jsonl, unlabeled: b.jsonl, dev: c.jsonl, test: d.jsonl}
-    sampling: {...}; training: {...}; evaluation: {...}; serving: {...}; storage: {...}
+    sampling: {...}; training: {...}; evaluation: {...}; serving: {...}; storage: {...}; rft: {...}
 
-Every section is a dataclass below; unknown keys and bad values are a `ConfigError` naming the key.
+Every section is a pydantic model below, each field documented and bounded; `dpost config --schema` prints the
+JSON Schema and `dpost config --show FILE` the config with every default filled in. An unknown key or a bad
+value is a one-line `ConfigError` naming the key.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_serializer,
+                      field_validator, model_validator)
 
 from services.config import ServingConfig
-from trainers.core.errors import ConfigError, reject_unknown_keys
-from trainers.training.config import DPOStageConfig, SFTStageConfig
+from trainers.core.dedup import DEDUP_METHODS
+from trainers.core.errors import ConfigError, config_error
 from trainers.data.synthetic import SyntheticTaskConfig
+from trainers.engine.decoding import MAX_NEW_TOKENS
 from trainers.models.scratch import PRESETS
+from trainers.training.config import PRESET_NAMES, STAGES, DPOArgs, Placement, SFTArgs, TrainStageConfig
 
-MODES = ("dpo-st", "st", "rft")
-
-
-@dataclass
-class ModelSection:
-    """`preset` builds a model from scratch (tiny | small); `path` is any HF folder or cached hub id.
-    `warmup` is an existing SFT checkpoint folder used as the warm-up model sft-0 instead of training it (it
-    must share the base model's tokenizer); lets experiments and tests reuse one warm-up."""
-
-    preset: str | None = "small"
-    path: str | None = None
-    seed: int = 0
-    warmup: str | None = None
+Mode = Literal["dpo-st", "st", "rft"]
+ModelPreset = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
+DedupMethod = Literal[tuple(DEDUP_METHODS)]  # type: ignore[valid-type]
+TrainingPreset = Literal[PRESET_NAMES]  # type: ignore[valid-type]
+SPLIT_FILES = ("labeled", "unlabeled", "dev", "test")
 
 
-@dataclass
-class DataSection:
-    """Either `synthetic` (SyntheticTaskConfig fields) or GSM8K-format files. `unlabeled_per_iteration`
-    caps how many unlabeled questions each iteration samples (a fresh slice each iteration, cycling)."""
-
-    synthetic: dict[str, Any] | None = None
-    labeled: str | None = None
-    unlabeled: str | None = None
-    dev: str | None = None
-    test: str | None = None
-    unlabeled_per_iteration: int = 0
-    dev_limit: int = 0
-    test_limit: int = 0
+def _checks_files(info: ValidationInfo) -> bool:
+    """Paths are checked unless the caller says they exist only elsewhere (`dpost submit`: on the cluster)."""
+    return (info.context or {}).get("check_files", True)
 
 
-@dataclass
-class SamplingSection:
+class ModelSection(BaseModel):
+    """The base model f0: a from-scratch `preset` or a Hugging Face folder (`path`), and optionally an existing
+    warm-up model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: ModelPreset | None = Field("small", description="Build a from-scratch Llama-style model of this "
+                                                            "size, with a tokenizer trained on the task's text.")
+    path: str | None = Field(None, description="Any HF folder or cached hub id; replaces `preset`.")
+    seed: int = Field(0, ge=0, description="Seed of the from-scratch model's initial weights.")
+    warmup: str | None = Field(
+        None, description="An existing SFT checkpoint folder to use as the warm-up model sft-0 instead of "
+                          "training it (it must share the base model's tokenizer); lets experiments and tests "
+                          "reuse one warm-up. It is still evaluated and goes through the promotion gate.")
+
+    @model_validator(mode="after")
+    def _preset_or_path(self, info: ValidationInfo) -> "ModelSection":
+        if self.path is not None:
+            self.preset = None  # a user's model replaces the from-scratch preset
+        if self.preset is None and self.path is None:
+            raise ValueError("set preset or path")
+        if self.warmup is not None and _checks_files(info):
+            if not Path(self.warmup).expanduser().is_dir():
+                raise ValueError(f"warmup: checkpoint folder not found: {self.warmup}")
+            self.warmup = str(Path(self.warmup).expanduser().resolve())  # the coordinator may run elsewhere
+        return self
+
+
+class DataSection(BaseModel):
+    """Either the embedded `synthetic` task or GSM8K-format files (all four splits)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    synthetic: SyntheticTaskConfig | None = Field(
+        None, description="Generate the synthetic GSM8K-style task with these settings (its seed defaults to "
+                          "the run's).")
+    labeled: str | None = Field(None, description="Problems with rationales: the SFT set L.")
+    unlabeled: str | None = Field(None, description="Problems with final answers only: the self-training "
+                                                    "pool U.")
+    dev: str | None = Field(None, description="Held-in problems whose accuracy decides promotion.")
+    test: str | None = Field(None, description="Held-in problems for the report.")
+    unlabeled_per_iteration: int = Field(0, ge=0, description="Unlabeled questions each iteration samples (a "
+                                                              "fresh slice each iteration, cycling); 0: all.")
+    dev_limit: int = Field(0, ge=0, description="Evaluate only the first this many dev problems; 0: all.")
+    test_limit: int = Field(0, ge=0, description="Evaluate only the first this many test problems; 0: all.")
+
+    @model_validator(mode="after")
+    def _synthetic_or_files(self, info: ValidationInfo) -> "DataSection":
+        files = {key: getattr(self, key) for key in SPLIT_FILES}
+        if self.synthetic is not None:
+            return self
+        missing = [key for key, path in files.items() if not path]
+        if missing:
+            raise ValueError(f"give `synthetic` or all of labeled/unlabeled/dev/test (missing {missing})")
+        if _checks_files(info):
+            for key, path in files.items():
+                if not Path(path).expanduser().is_file():
+                    raise ValueError(f"{key}: file not found: {path}")
+        return self
+
+
+class SamplingSection(BaseModel):
     """The paper's sampling: n=5 at T=0.7 for DPO pairs, K for pseudo-labels, Jaccard dedup at 0.7."""
 
-    dpo_samples: int = 5
-    sft_samples: int = 3
-    temperature: float = 0.7
-    top_p: float = 1.0
-    max_new_tokens: int = 300
-    calculator: bool = True
-    dedup: str = "jaccard"
-    dedup_threshold: float = 0.7
-    max_pairs_per_question: int = 3
-    chunk_rows: int = 40
+    model_config = ConfigDict(extra="forbid")
+
+    dpo_samples: int = Field(5, ge=2, description="Samples per question for DPO pairs (a correct one is chosen, "
+                                                  "an incorrect one rejected).")
+    sft_samples: int = Field(3, ge=1, description="K: samples per question for pseudo-labels.")
+    temperature: float = Field(0.7, gt=0, le=2, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: keep the smallest set of tokens with "
+                                                      "this much probability.")
+    max_new_tokens: int = Field(MAX_NEW_TOKENS, ge=1, description="Most tokens a sampled rationale may have.")
+    calculator: bool = Field(True, description="Let the calculator write the results of `<<expr=` annotations.")
+    dedup: DedupMethod = Field("jaccard", description="How correct samples of one question are deduplicated.")
+    dedup_threshold: float = Field(0.7, ge=0, le=1, description="Jaccard similarity at which two rationales are "
+                                                                "duplicates.")
+    max_pairs_per_question: int = Field(3, ge=1, description="Most DPO pairs built from one question.")
+    chunk_rows: int = Field(40, ge=1, description="Rows (question x sample) per request to the rollout pool; "
+                                                  "the progress bar advances once per chunk.")
 
 
-@dataclass
-class TrainingSection:
-    """Shared training placement plus per-stage overrides (`sft`, `dpo`: SFTStageConfig / DPOStageConfig
-    fields). `preset: paper-llama | paper-flan-t5` starts from the paper's hyper-parameters."""
+class TrainingSection(Placement):
+    """Training placement (shared by both stages) plus the `sft` and `dpo` stages' TRL fields.
 
-    num_workers: int = 2
-    use_gpu: bool = False
-    zero_stage: int = 2
-    resources_per_worker: dict[str, float] | None = None
-    max_failures: int = 2
-    preset: str | None = None
-    sft: dict[str, Any] = field(default_factory=dict)
-    dpo: dict[str, Any] = field(default_factory=dict)
+    `sft` and `dpo` take any field of TRL's SFTConfig / DPOConfig; what they leave unset comes from the paper
+    `preset` if one is named, else from dpost's defaults for a from-scratch model, else from TRL."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    preset: TrainingPreset | None = Field(None, description="Start both stages from the paper's "
+                                                            "hyper-parameters for this model family.")
+    sft: SFTArgs = Field(default_factory=SFTArgs, description="TRL SFTConfig fields for every SFT stage.")
+    dpo: DPOArgs = Field(default_factory=DPOArgs, description="TRL DPOConfig fields for every DPO stage.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_stage_defaults(cls, raw: Any) -> Any:
+        """Each stage's fields become the ones it trains with (defaults and preset filled in), so the manifest
+        and `--show` record them."""
+        if not isinstance(raw, dict):
+            return raw
+        raw = dict(raw)
+        for kind, args in (("sft", SFTArgs), ("dpo", DPOArgs)):
+            values = raw.get(kind) or {}
+            if isinstance(values, dict):
+                raw[kind] = args.resolved(values, raw.get("preset"))
+        return raw
+
+    @field_serializer("sft", "dpo")
+    def _set_fields_only(self, args: BaseModel, info: Any) -> dict[str, Any]:
+        return args.model_dump(exclude_unset=True, mode=info.mode)
 
 
-@dataclass
-class EvaluationSection:
+class EvaluationSection(BaseModel):
     """Greedy accuracy on dev decides promotion: a new model goes live when dev >= live dev + margin."""
 
-    promotion_margin: float = 0.0
-    max_new_tokens: int = 300
-    evaluate_test: bool = True
+    model_config = ConfigDict(extra="forbid")
+
+    promotion_margin: float = Field(0.0, ge=-1, le=1, description="Dev accuracy a new model must gain over the "
+                                                                  "live one to be promoted (a fraction).")
+    max_new_tokens: int = Field(MAX_NEW_TOKENS, ge=1, description="Most tokens a greedy answer may have.")
+    evaluate_test: bool = Field(True, description="Evaluate every model on test too, for the report.")
 
 
-@dataclass
-class StorageSection:
-    """`root/name` is the run directory; `ray_storage` is Ray Train's storage_path (a shared path or a
-    cloud URI on a multi-node cluster; default: inside the run directory)."""
+class StorageSection(BaseModel):
+    """Where the run directory and Ray Train's checkpoints live."""
 
-    root: str = "runs"
-    ray_storage: str | None = None
+    model_config = ConfigDict(extra="forbid")
 
-
-@dataclass
-class RFTSection:
-    """Rejection-sampling fine-tuning: pool correct samples from these checkpoints (default: warm-up)."""
-
-    checkpoints: list[str] = field(default_factory=list)
-    dedup: str = "equations"
+    root: str = Field("runs", description="The run directory is root/name.")
+    ray_storage: str | None = Field(None, description="Ray Train storage_path: a shared path or a cloud URI on "
+                                                      "a multi-node cluster; default: inside the run directory.")
 
 
-@dataclass
-class RunConfig:
-    name: str = "run"
-    mode: str = "dpo-st"
-    iterations: int = 1
-    seed: int = 0
-    model: ModelSection = field(default_factory=ModelSection)
-    data: DataSection = field(default_factory=DataSection)
-    sampling: SamplingSection = field(default_factory=SamplingSection)
-    training: TrainingSection = field(default_factory=TrainingSection)
-    evaluation: EvaluationSection = field(default_factory=EvaluationSection)
-    serving: ServingConfig = field(default_factory=ServingConfig)
-    storage: StorageSection = field(default_factory=StorageSection)
-    rft: RFTSection = field(default_factory=RFTSection)
+class RFTSection(BaseModel):
+    """Rejection-sampling fine-tuning (mode rft): pool correct samples from several models."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoints: list[str] = Field(default_factory=list, description="Checkpoint folders sampled besides the "
+                                                                     "warm-up model.")
+    dedup: DedupMethod = Field("equations", description="How pooled correct samples of one question are "
+                                                        "deduplicated.")
+
+
+class RunConfig(BaseModel):
+    """A dpost run: DPO-augmented self-training (or plain self-training, or RFT) from one YAML file."""
+
+    model_config = ConfigDict(extra="forbid", title="dpost run config")
+
+    name: str = Field("run", description="The run's name: its folder under storage.root and its model labels.")
+    mode: Mode = Field("dpo-st", description="dpo-st: a DPO step before each sampling round; st: plain "
+                                             "self-training; rft: one round of rejection-sampling fine-tuning.")
+    iterations: int = Field(1, ge=1, description="Self-training iterations after the warm-up.")
+    seed: int = Field(0, ge=0, description="Seeds sampling, and (unless they set their own) training.sft, "
+                                           "training.dpo and the synthetic task.")
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection = Field({}, validate_default=True)  # validated, so a config without data fails there
+    sampling: SamplingSection = Field(default_factory=SamplingSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
+    storage: StorageSection = Field(default_factory=StorageSection)
+    rft: RFTSection = Field(default_factory=RFTSection)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _seeds_follow_the_run(cls, raw: Any) -> Any:
+        """The synthetic task and both training stages take the run's seed unless they set their own."""
+        if not isinstance(raw, dict):
+            return raw
+        raw = dict(raw)
+        for section, key in (("data", "synthetic"), ("training", "sft"), ("training", "dpo")):
+            outer = raw.get(section, {} if section == "training" else None)
+            if not isinstance(outer, dict) or not isinstance(outer.get(key, {}), dict):
+                continue
+            if section == "data" and outer.get(key) is None:
+                continue  # no synthetic task
+            inner = outer.get(key) or {}
+            if "seed" not in inner:
+                raw[section] = {**outer, key: {**inner, "seed": raw.get("seed", 0)}}
+        return raw
+
+    @field_validator("name")
+    @classmethod
+    def _plain_folder_name(cls, name: str) -> str:
+        if not name or "/" in name or name.startswith("."):
+            raise ValueError(f"must be a plain folder name, got {name!r}")
+        return name
 
     @property
     def run_dir(self) -> Path:
         return Path(self.storage.root).expanduser().resolve() / self.name
 
     def synthetic_config(self) -> SyntheticTaskConfig:
-        values = dict(self.data.synthetic or {})
-        values.setdefault("seed", self.seed)
-        try:
-            config = SyntheticTaskConfig(**values)
-        except TypeError as exc:
-            raise ConfigError(f"data.synthetic: {exc}") from None
-        config.validate()
-        return config
+        if self.data.synthetic is None:
+            raise ConfigError("data: this run reads files, not the synthetic task")
+        return self.data.synthetic
 
-    def stage_config(self, kind: str, **paths: str) -> SFTStageConfig | DPOStageConfig:
-        """The SFT or DPO stage config: paper preset (if any) <- section overrides <- placement <- paths."""
-        cls = SFTStageConfig if kind == "sft" else DPOStageConfig
-        base = {"paper-llama": cls.paper_llama, "paper-flan-t5": cls.paper_flan_t5}.get(
-            self.training.preset or "", cls)()
-        values = asdict(base)
-        values.update(self.training.sft if kind == "sft" else self.training.dpo)
-        t = self.training
-        values.update(num_workers=t.num_workers, use_gpu=t.use_gpu, zero_stage=t.zero_stage,
-                      resources_per_worker=t.resources_per_worker, max_failures=t.max_failures,
-                      seed=self.seed, storage_path=self.storage.ray_storage or "", **paths)
-        return cls.from_dict(values, where=f"training.{kind}")  # type: ignore[return-value]
+    def stage_config(self, kind: str, **paths: str) -> TrainStageConfig:
+        """The SFT or DPO stage config: the section's TRL fields <- placement <- paths."""
+        stage = STAGES[kind]
+        values = {**getattr(self.training, kind).model_dump(exclude_unset=True),
+                  **self.training.model_dump(include=set(Placement.model_fields)),
+                  "storage_path": self.storage.ray_storage or "", **paths}
+        try:
+            return stage.model_validate(values)
+        except ValidationError as exc:
+            raise config_error(exc, stage, prefix=f"training.{kind}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain JSON-able values (the manifest's copy); `parse_config` of it gives this config again."""
+        return self.model_dump(mode="json")
 
 
-def _section(cls: type, values: Any, where: str) -> Any:
-    if values is None:
-        return cls()
-    if not isinstance(values, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
-    reject_unknown_keys(values, cls, where)
-    try:
-        return cls(**values)
-    except TypeError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-
-
-def parse_config(raw: dict[str, Any], where: str = "config", check_files: bool = True) -> RunConfig:
+def parse_config(raw: Any, where: str = "config", check_files: bool = True) -> RunConfig:
+    """`check_files=False` for `dpost submit`: data paths and the warm-up folder may exist only on the cluster."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: the top level must be a mapping")
-    sections = {"model": ModelSection, "data": DataSection, "sampling": SamplingSection,
-                "training": TrainingSection, "evaluation": EvaluationSection, "storage": StorageSection,
-                "rft": RFTSection}
-    reject_unknown_keys(raw, RunConfig, where)
-    values = {k: v for k, v in raw.items() if k not in sections and k != "serving"}
-    for key, cls in sections.items():
-        values[key] = _section(cls, raw.get(key), f"{where}: {key}")
-    serving = raw.get("serving") or {}
-    if not isinstance(serving, dict):
-        raise ConfigError(f"{where}: serving: expected a mapping")
-    values["serving"] = ServingConfig.from_dict(serving)
-    config = RunConfig(**values)
-    validate(config, check_files)
-    return config
-
-
-def validate(config: RunConfig, check_files: bool = True) -> None:
-    """`check_files=False` for `dpost submit`: data paths may exist only on the cluster."""
-    if config.mode not in MODES:
-        raise ConfigError(f"mode must be one of {MODES}, got {config.mode!r}")
-    if not isinstance(config.iterations, int) or config.iterations < 1:
-        raise ConfigError(f"iterations must be a positive integer, got {config.iterations!r}")
-    if not config.name or "/" in config.name or config.name.startswith("."):
-        raise ConfigError(f"name must be a plain folder name, got {config.name!r}")
-    m = config.model
-    if m.path is not None:
-        m.preset = None  # a user's model replaces the from-scratch preset
-    if m.preset is None and m.path is None:
-        raise ConfigError("model: set preset or path")
-    if m.preset is not None and m.preset not in PRESETS:
-        raise ConfigError(f"model.preset must be one of {sorted(PRESETS)}, got {m.preset!r}")
-    if m.warmup is not None and check_files:
-        if not Path(m.warmup).expanduser().is_dir():
-            raise ConfigError(f"model.warmup: checkpoint folder not found: {m.warmup}")
-        m.warmup = str(Path(m.warmup).expanduser().resolve())  # the coordinator may run in another folder
-    d = config.data
-    files = {k: getattr(d, k) for k in ("labeled", "unlabeled", "dev", "test")}
-    if d.synthetic is None and not all(files.values()):
-        missing = [k for k, v in files.items() if not v]
-        raise ConfigError(f"data: give `synthetic` or all of labeled/unlabeled/dev/test (missing {missing})")
-    if d.synthetic is not None:
-        config.synthetic_config()
-    elif check_files:
-        for key, path in files.items():
-            if not Path(path).expanduser().is_file():
-                raise ConfigError(f"data.{key}: file not found: {path}")
-    s = config.sampling
-    if s.dpo_samples < 2 or s.sft_samples < 1:
-        raise ConfigError("sampling: dpo_samples must be >= 2 and sft_samples >= 1")
-    if not 0 < s.temperature <= 2:
-        raise ConfigError(f"sampling.temperature must be in (0, 2], got {s.temperature}")
-    if not 0 <= s.dedup_threshold <= 1:
-        raise ConfigError(f"sampling.dedup_threshold must be in [0, 1], got {s.dedup_threshold}")
-    from trainers.core.dedup import DEDUP_METHODS
-
-    for name in (s.dedup, config.rft.dedup):
-        if name not in DEDUP_METHODS:
-            raise ConfigError(f"unknown dedup method {name!r}; choose one of {sorted(DEDUP_METHODS)}")
-    if config.training.preset not in (None, "paper-llama", "paper-flan-t5"):
-        raise ConfigError(f"training.preset must be paper-llama or paper-flan-t5, got {config.training.preset!r}")
-    for kind in ("sft", "dpo"):  # unknown stage fields, bad workers or ZeRO stage fail here, before Ray
-        stage = config.stage_config(kind, model_path="x", data_path=__file__, output_dir="x")
-        stage.validate()
+    try:
+        return RunConfig.model_validate(raw, context={"check_files": check_files})
+    except ValidationError as exc:
+        raise config_error(exc, RunConfig, where) from None
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None, check_files: bool = True
@@ -247,8 +277,8 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None, check
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     raw = raw or {}
-    for key, value in (overrides or {}).items():
-        raw[key] = value
+    if isinstance(raw, dict):
+        raw.update(overrides or {})
     return parse_config(raw, where=str(path), check_files=check_files)
 
 
@@ -257,3 +287,13 @@ def config_from_yaml_text(text: str) -> RunConfig:
         return parse_config(yaml.safe_load(text) or {})
     except yaml.YAMLError as exc:
         raise ConfigError(f"config: not valid YAML ({str(exc).splitlines()[0]})") from None
+
+
+def config_schema() -> dict[str, Any]:
+    """The run config's JSON Schema (what `dpost config --schema` prints, for editors validating YAML)."""
+    return RunConfig.model_json_schema()
+
+
+def show_config(config: RunConfig) -> str:
+    """The config as YAML with every default filled in (what `dpost config --show` prints)."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

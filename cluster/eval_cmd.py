@@ -18,6 +18,7 @@ from typing import Any
 
 from trainers.core.errors import ConfigError
 from trainers.data.problems import FORMATS
+from trainers.engine.decoding import MAX_NEW_TOKENS
 from trainers.evaluation import (DecodeFn, EvalConfig, evaluate_files, format_skipped, format_throughput,
                                  local_decoder, plan_runs, terminal_table)
 
@@ -35,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=0, help="samples per item for pass@k / maj@k (default: 0, none)")
     parser.add_argument("--k", type=int, nargs="+", metavar="K", help="k values to report (default: 1 and n)")
     parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default: 0.7)")
-    parser.add_argument("--max-new-tokens", type=int, default=300, help="longest answer (default: 300)")
+    parser.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS,
+                        help=f"longest answer (default: {MAX_NEW_TOKENS})")
     parser.add_argument("--seed", type=int, default=0, help="base seed of the sampled answers (default: 0)")
     parser.add_argument("--no-greedy", action="store_true", help="skip the greedy pass@1 decode (needs --n)")
     calculator = parser.add_mutually_exclusive_group()

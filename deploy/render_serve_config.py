@@ -8,7 +8,8 @@ how the checkpoint in deploy/serve_solver.yaml is overridden:
 
 A relative checkpoint is made absolute (the Serve build task and the replicas do not run in this directory).
 The version defaults to `run:version` (demo:sft-1 for runs/demo/checkpoints/sft-1), the label the coordinator
-gives the same model. The result is checked against Ray's own schema before it is written.
+gives the same model. The result is checked against Ray's own schema, and each dpost application's
+`args.serving` against dpost's `ServingConfig`, before it is written.
 """
 
 from __future__ import annotations
@@ -59,10 +60,17 @@ def render(config: dict[str, Any], checkpoint: str | Path | None = None, version
 
 
 def validate(config: dict[str, Any]) -> None:
-    """Raise if Ray Serve would reject the config (the schema `serve run`/`serve deploy` use)."""
+    """Raise if Ray Serve would reject the config (the schema `serve run`/`serve deploy` use) or dpost's
+    application builder its `args.serving` (a ConfigError naming the key)."""
     from ray.serve.schema import ServeDeploySchema
 
+    from services.config import ServingConfig
+
     ServeDeploySchema.model_validate(config)
+    for app in config.get("applications", []):
+        if str(app.get("import_path", "")).startswith("services.app:"):
+            ServingConfig.from_dict(dict((app.get("args") or {}).get("serving") or {}),
+                                    where=f"application {app.get('name')!r} args")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,12 +1,16 @@
-"""Serving configuration: one `PoolConfig` per sampler pool plus the HTTP API's limits."""
+"""Serving configuration: one `PoolConfig` per sampler pool plus the HTTP API's limits (the run config's
+`serving` section, and `args.serving` of a Serve config file)."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import Any
 
-from trainers.core.errors import ConfigError, reject_unknown_keys
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from ray.serve.config import AutoscalingConfig
+
+from trainers.core.errors import ConfigError, config_error
+from trainers.engine.decoding import MAX_NEW_TOKENS
 
 POOLS = ("rollout", "solver")
 
@@ -26,40 +30,39 @@ def apply_serve_env() -> None:
         os.environ.setdefault(key, value)
 
 
-@dataclass
-class PoolConfig:
-    """One pool of `Sampler` replicas.
+class Autoscaling(AutoscalingConfig):
+    """Ray Serve's own autoscaling_config, with unknown keys refused."""
 
-    Args:
-        num_replicas: fixed replica count (ignored when `autoscaling` is set).
-        autoscaling: a Ray Serve `autoscaling_config` dict (min_replicas, max_replicas, target_ongoing_requests).
-        num_cpus: CPUs reserved per replica. 0 on a laptop, where replicas idle while training runs.
-        num_gpus: GPUs per replica on a cluster.
-        resources: custom Ray resources per replica, e.g. `{"sampler": 1}` to pin a pool to a node type.
-        max_replicas_per_node: spread replicas over nodes.
-        max_batch_size: requests grouped by `@serve.batch` into one batched decode.
-        batch_wait_timeout_s: how long a batch waits to fill.
-        max_rows_per_forward: rows (question x samples) a replica decodes at once (continuous batching slots).
-        max_ongoing_requests / max_queued_requests: past these Serve answers 503 instead of queueing forever.
-    """
+    model_config = ConfigDict(extra="forbid")
 
-    num_replicas: int = 1
-    autoscaling: dict[str, Any] | None = None
-    num_cpus: float = 0.0
-    num_gpus: float = 0.0
-    resources: dict[str, float] | None = None
-    max_replicas_per_node: int | None = None
-    max_batch_size: int = 32
-    batch_wait_timeout_s: float = 0.02
-    max_rows_per_forward: int = 64
-    max_ongoing_requests: int = 64
-    max_queued_requests: int = 512
 
-    def validate(self, name: str) -> None:
-        if self.autoscaling is None and (not isinstance(self.num_replicas, int) or self.num_replicas < 1):
-            raise ConfigError(f"serving.{name}.num_replicas must be a positive integer, got {self.num_replicas!r}")
-        if self.max_batch_size < 1 or self.max_rows_per_forward < 1:
-            raise ConfigError(f"serving.{name}: batch sizes must be >= 1")
+class PoolConfig(BaseModel):
+    """One pool of `Sampler` replicas: its size, placement, batching and queue limits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    num_replicas: int = Field(1, ge=1, description="Fixed replica count (ignored when `autoscaling` is set).")
+    autoscaling: Autoscaling | None = Field(
+        None, description="Ray Serve's autoscaling_config (min_replicas, max_replicas, target_ongoing_requests, "
+                          "...) instead of a fixed count.")
+    num_cpus: float = Field(0.0, ge=0, description="CPUs reserved per replica; 0 on a laptop, where replicas "
+                                                   "idle while training runs.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica on a cluster.")
+    resources: dict[str, float] | None = Field(None, description="Custom Ray resources per replica, e.g. "
+                                                                 "{sampler: 1} to pin a pool to a node type.")
+    max_replicas_per_node: int | None = Field(None, ge=1, description="Spread replicas over nodes.")
+    max_batch_size: int = Field(32, ge=1, description="Concurrent requests grouped by @serve.batch into one "
+                                                      "decode step.")
+    batch_wait_timeout_s: float = Field(0.02, ge=0, description="How long a batch waits to fill.")
+    max_rows_per_forward: int = Field(64, ge=1, description="Rows (question x samples) a replica decodes at "
+                                                            "once: its continuous-batching slots.")
+    max_ongoing_requests: int = Field(64, ge=1, description="Requests one replica works on at once.")
+    max_queued_requests: int = Field(512, ge=1, description="Requests waiting for a replica; past this Serve "
+                                                            "answers 503 instead of queueing forever.")
+
+    def batch_settings(self) -> dict[str, Any]:
+        """What a replica applies in place (Serve's `user_config`)."""
+        return self.model_dump(include={"max_batch_size", "batch_wait_timeout_s", "max_rows_per_forward"})
 
     def deployment_options(self) -> dict[str, Any]:
         actor: dict[str, Any] = {"num_cpus": self.num_cpus}
@@ -69,11 +72,9 @@ class PoolConfig:
             actor["resources"] = dict(self.resources)
         opts: dict[str, Any] = {"ray_actor_options": actor, "max_ongoing_requests": self.max_ongoing_requests,
                                 "max_queued_requests": self.max_queued_requests,
-                                "user_config": {"max_batch_size": self.max_batch_size,
-                                                "batch_wait_timeout_s": self.batch_wait_timeout_s,
-                                                "max_rows_per_forward": self.max_rows_per_forward}}
+                                "user_config": self.batch_settings()}
         if self.autoscaling:
-            opts["autoscaling_config"] = dict(self.autoscaling)
+            opts["autoscaling_config"] = self.autoscaling.model_dump(exclude_unset=True)
         else:
             opts["num_replicas"] = self.num_replicas
         if self.max_replicas_per_node:
@@ -81,46 +82,30 @@ class PoolConfig:
         return opts
 
 
-@dataclass
-class ServingConfig:
-    """Both pools and the public solver API.
+class ServingConfig(BaseModel):
+    """Both sampler pools and the public solver API's limits."""
 
-    Args:
-        host/port: where Serve's HTTP proxy listens (127.0.0.1 by default: expose it deliberately).
-        max_question_chars: longer questions get HTTP 422.
-        max_n: most samples one request may ask for.
-        max_new_tokens: cap on generated tokens per sample.
-        retry_after_s: when the solver's queue (`solver.max_queued_requests`) is full, Serve answers 503 with
-            this `Retry-After` instead of queueing without bound.
-    """
+    model_config = ConfigDict(extra="forbid")
 
-    rollout: PoolConfig = field(default_factory=PoolConfig)
-    solver: PoolConfig = field(default_factory=PoolConfig)
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_question_chars: int = 2000
-    max_n: int = 32
-    max_new_tokens: int = 300
-    retry_after_s: float = 1.0
+    rollout: PoolConfig = Field(default_factory=PoolConfig, description="The coordinator's pool: sampling and "
+                                                                        "evaluation.")
+    solver: PoolConfig = Field(default_factory=PoolConfig, description="The public pool behind the HTTP API.")
+    host: str = Field("127.0.0.1", description="Where Serve's HTTP proxy listens (expose it deliberately).")
+    port: int = Field(8000, ge=1, le=65535, description="Serve's HTTP port.")
+    max_question_chars: int = Field(2000, ge=1, description="Longer questions get HTTP 422.")
+    max_n: int = Field(32, ge=1, description="Most samples one request may ask for.")
+    max_new_tokens: int = Field(MAX_NEW_TOKENS, ge=1, description="Cap on generated tokens per sample.")
+    retry_after_s: float = Field(1.0, ge=0, description="When the solver's queue (solver.max_queued_requests) "
+                                                        "is full, Serve answers 503 with this Retry-After.")
 
     def pool(self, name: str) -> PoolConfig:
         if name not in POOLS:
             raise ConfigError(f"unknown pool {name!r}; choose one of {POOLS}")
         return getattr(self, name)
 
-    def validate(self) -> None:
-        for name in POOLS:
-            self.pool(name).validate(name)
-
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "ServingConfig":
-        reject_unknown_keys(values, cls, "serving")
-        pools = {}
-        for name in POOLS:
-            raw = values.get(name) or {}
-            reject_unknown_keys(raw, PoolConfig, f"serving.{name}")
-            pools[name] = PoolConfig(**raw)
-        rest = {k: v for k, v in values.items() if k not in POOLS}
-        config = cls(**pools, **rest)
-        config.validate()
-        return config
+    def from_dict(cls, values: dict[str, Any], where: str = "") -> "ServingConfig":
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise config_error(exc, cls, where, prefix="serving") from None

@@ -55,7 +55,7 @@ def _settle(future: asyncio.Future, result: Any, error: BaseException | None) ->
 
 
 class DecodeLoop:
-    def __init__(self, max_batch: int = 64) -> None:
+    def __init__(self, max_batch: int) -> None:
         self.max_batch = max_batch
         self._inbox: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         # one engine per policy (policies compare by identity); holding the policy here keeps its model

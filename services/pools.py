@@ -31,7 +31,7 @@ def build_app(pool: str, config: ServingConfig):
     sampler = Sampler.options(**options, logging_config={"enable_access_log": False}).bind(pool)
     if pool == "rollout":
         return sampler
-    limits = {k: v for k, v in asdict(config).items() if k not in POOLS}
+    limits = config.model_dump(mode="json", exclude=set(POOLS))
     # the ingress only parses JSON and awaits the sampler: it must not hold a CPU that training needs
     return SolverAPI.options(ray_actor_options={"num_cpus": 0},
                              max_ongoing_requests=config.solver.max_ongoing_requests,
@@ -57,7 +57,7 @@ def deploy_pool(pool: str, config: ServingConfig, version: str | None = None, ch
 def ensure_pools(config: ServingConfig, live: tuple[str, str] | None = None) -> None:
     """Deploy whichever pools are not running yet (a restarted coordinator finds them up and leaves them),
     and put the run's live model back on the solver if the registry lost it."""
-    ray.get(get_registry().set_serving_config.remote(asdict(config)))
+    ray.get(get_registry().set_serving_config.remote(config.model_dump(mode="json")))
     if live and ray.get(get_registry().current.remote("solver")) is None:
         publish("solver", *live)
     existing = serve.status().applications
@@ -128,7 +128,7 @@ def scale(pool: str, num_replicas: int, config: ServingConfig | None = None) -> 
     config.pool(pool).num_replicas = num_replicas
     config.pool(pool).autoscaling = None
     serve.run(build_app(pool, config), name=pool, route_prefix="/" if pool == "solver" else None)
-    ray.get(get_registry().set_serving_config.remote(asdict(config)))
+    ray.get(get_registry().set_serving_config.remote(config.model_dump(mode="json")))
 
 
 def pool_status(pool: str) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any
 import ray
 from ray import serve
 
+from services.config import PoolConfig
 from services.registry import get_registry
 from trainers.models.checkpoints import Policy, load_policy
 from services.decode_loop import DecodeLoop
@@ -26,6 +27,7 @@ from trainers.engine.decoding import DecodeRequest
 
 logger = logging.getLogger("ray.serve")
 POLL_INTERVAL_S = 0.5
+DEFAULTS = PoolConfig()  # batch settings until Serve hands over the pool's own (`reconfigure`)
 
 
 @serve.deployment(name="Sampler")
@@ -39,17 +41,19 @@ class Sampler:
         self.registry = get_registry()
         self.policy: Policy | None = None
         self.error: dict[str, str] | None = None
-        self.decoder = DecodeLoop(max_batch=64)
+        self.decoder = DecodeLoop(max_batch=DEFAULTS.max_rows_per_forward)
         current = ray.get(self.registry.current.remote(pool))
         if current is not None:  # come up on the pool's current version, whenever this replica starts
             self._load(*current)
         self._watcher = asyncio.get_event_loop().create_task(self._follow_registry())
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Batch settings from the pool config (Serve's `user_config`; applied in place)."""
-        self._group.set_max_batch_size(int(user_config.get("max_batch_size", 32)))
-        self._group.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", 0.02)))
-        self.decoder.set_max_batch(int(user_config.get("max_rows_per_forward", 64)))
+        """Batch settings from the pool config (Serve's `user_config`, `PoolConfig.batch_settings`; applied in
+        place)."""
+        pool = PoolConfig.model_validate(user_config)
+        self._group.set_max_batch_size(pool.max_batch_size)
+        self._group.set_batch_wait_timeout_s(pool.batch_wait_timeout_s)
+        self.decoder.set_max_batch(pool.max_rows_per_forward)
 
     def _load(self, version: str, checkpoint: str) -> None:
         try:
@@ -82,7 +86,7 @@ class Sampler:
         pending = await self._group(rows)
         return await pending
 
-    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.02)
+    @serve.batch(max_batch_size=DEFAULTS.max_batch_size, batch_wait_timeout_s=DEFAULTS.batch_wait_timeout_s)
     async def _group(self, requests: list[list[dict[str, Any]]]) -> list[asyncio.Task]:
         """Concurrent requests enter the decoder together (their prompts share one prefill) with the policy
         of this moment; each then completes on its own, as soon as its own rows are decoded."""

@@ -110,7 +110,7 @@ def test_killed_worker_resumes_from_last_checkpoint_not_step_zero(ray_cluster, b
 @pytest.mark.parametrize("change, message", [
     ({"data_path": "/nonexistent/data.jsonl"}, "data file not found"),
     ({"num_workers": 0}, "num_workers"),
-    ({"zero_stage": 5}, "ZeRO stage"),
+    ({"zero_stage": 5}, "zero_stage"),
 ])
 def test_bad_training_config_fails_before_any_worker_starts(ray_cluster, base_checkpoint, synthetic_dir,
                                                             tmp_path, change, message):

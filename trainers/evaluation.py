@@ -38,7 +38,7 @@ from trainers.core.errors import ConfigError
 from trainers.core.files import atomic_write_text
 from trainers.core.metrics import accuracy, maj_at_k, majority_vote, pass_at_k
 from trainers.data.problems import Problem, ProblemSet, load_problems
-from trainers.engine.decoding import Decoded, DecodeRequest, decode_all
+from trainers.engine.decoding import MAX_NEW_TOKENS, Decoded, DecodeRequest, decode_all
 from trainers.engine.rows import DecodeParams, make_requests, to_records
 from trainers.models.checkpoints import load_policy
 
@@ -80,7 +80,7 @@ class EvalConfig:
     n: int = 0
     ks: list[int] | None = None
     temperature: float = 0.7
-    max_new_tokens: int = 300
+    max_new_tokens: int = MAX_NEW_TOKENS
     calculator: bool = True
     seed: int = 0
     batch_size: int = 32

@@ -28,6 +28,9 @@ from trainers.core.calculator import CalculatorError, calculate, pending_express
 from trainers.engine.kv_slots import SlotCache
 
 
+MAX_NEW_TOKENS = 300  # the paper's cap on a rationale's tokens: every default in dpost reads this one
+
+
 @dataclass(frozen=True)
 class DecodeRequest:
     """One sequence to decode. temperature 0 means greedy."""
@@ -35,7 +38,7 @@ class DecodeRequest:
     prompt: str
     temperature: float = 0.0
     top_p: float = 1.0
-    max_new_tokens: int = 300
+    max_new_tokens: int = MAX_NEW_TOKENS
     calculator: bool = True
     seed: int = 0
 

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from trainers.core.answers import answers_match, cut_after_answer, extract_answer
 from trainers.data.problems import Problem
-from trainers.engine.decoding import Decoded, DecodeRequest
+from trainers.engine.decoding import MAX_NEW_TOKENS, Decoded, DecodeRequest
 from trainers.core.prompting import format_prompt
 
 
@@ -23,7 +23,7 @@ class DecodeParams:
     n: int = 1
     temperature: float = 0.0
     top_p: float = 1.0
-    max_new_tokens: int = 300
+    max_new_tokens: int = MAX_NEW_TOKENS
     calculator: bool = True
     seed: int = 0
 

@@ -13,12 +13,12 @@ import os
 import shutil
 import tempfile
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainers.training.config import (DPOStageConfig, SFTStageConfig, TrainStageConfig, deepspeed_config,
-                                   default_extensions_dir)
+from trainers.training.config import (STAGES, DPOStageConfig, SFTStageConfig, TrainStageConfig,
+                                      default_extensions_dir)
 
 FINAL_MARKER = "dpost_final.json"
 
@@ -41,12 +41,12 @@ def _fit(kind: str, config: TrainStageConfig) -> TrainResult:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    config.validate()
+    config = config.checked()
     remove_orphaned_training_groups()
     workers = {"CPU": 1} if not config.use_gpu else {"CPU": 1, "GPU": 1}
     trainer = TorchTrainer(
         train_loop_per_worker=_worker_loop,
-        train_loop_config={"kind": kind, "config": asdict(config)},
+        train_loop_config={"kind": kind, "config": config.model_dump(exclude_unset=True)},
         scaling_config=ray.train.ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
                                                resources_per_worker=config.resources_per_worker or workers),
         run_config=ray.train.RunConfig(
@@ -78,8 +78,7 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     import torch
 
     kind = loop_config["kind"]
-    cls = SFTStageConfig if kind == "sft" else DPOStageConfig
-    config = cls(**loop_config["config"])
+    config = STAGES[kind].model_validate(loop_config["config"])
     if not config.use_gpu:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
         if config.zero_stage == 3:
@@ -137,37 +136,16 @@ def build_trainer(kind: str, config: TrainStageConfig, ray_train: bool = True):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(config.model_path)
-    common = dict(
-        output_dir=tempfile.mkdtemp(prefix=f"dpost-{kind}-"), learning_rate=config.learning_rate,
-        num_train_epochs=config.num_train_epochs, max_steps=config.max_steps,
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps, warmup_steps=config.warmup_ratio,  # transformers 5: a float < 1 is a ratio
-        weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
-        lr_scheduler_type=config.lr_scheduler_type, max_length=config.max_length, seed=config.seed,
-        use_cpu=not config.use_gpu,  # without it accelerate sees no device on CPU and assumes world size 1
-        # TRL turns gradient checkpointing on by default: it recomputes activations every step, which only
-        # pays when memory is short, and these models are small
-        gradient_checkpointing=False,
-        bf16=config.use_gpu, deepspeed=deepspeed_config(config.zero_stage, config.use_gpu)
-        if config.zero_stage > 0 else None,
-        save_strategy="steps", save_steps=config.save_steps, save_total_limit=1, logging_steps=config.logging_steps,
-        report_to="none", disable_tqdm=True, dataloader_num_workers=0,
-        train_sampling_strategy="group_by_length" if kind == "sft" and config.group_by_length else "random",
-    )
+    args = config.trl_args(scratch_dir=tempfile.mkdtemp(prefix=f"dpost-{kind}-"))
     if kind == "sft":
         from trl import SFTConfig, SFTTrainer
 
-        trainer = SFTTrainer(model=model, args=SFTConfig(**common, completion_only_loss=True),
+        trainer = SFTTrainer(model=model, args=SFTConfig(**args),
                              train_dataset=_sft_dataset(_read_jsonl(config.data_path)), processing_class=tokenizer)
     else:
         from trl import DPOConfig, DPOTrainer
 
-        assert isinstance(config, DPOStageConfig)
-        losses = ["sigmoid"] + (["sft"] if config.sft_loss_weight > 0 else [])
-        weights = [1.0] + ([config.sft_loss_weight] if config.sft_loss_weight > 0 else [])
-        args = DPOConfig(**common, beta=config.beta, loss_type=losses, loss_weights=weights,
-                         precompute_ref_log_probs=config.precompute_ref_log_probs)
-        trainer = DPOTrainer(model=model, ref_model=None, args=args,
+        trainer = DPOTrainer(model=model, ref_model=None, args=DPOConfig(**args),
                              train_dataset=_dpo_dataset(config.data_path), processing_class=tokenizer)
     trainer.add_callback(_ProgressCallback(kind))
     if not ray_train:
@@ -225,7 +203,7 @@ def _report_final(trainer, config: TrainStageConfig, resumed_from: int, context,
         "log_history": history,
         "final_loss": next((h["loss"] for h in reversed(history) if "loss" in h), None),
         "first_loss": next((h["loss"] for h in history if "loss" in h), None),
-        "config": asdict(config),
+        "config": config.model_dump(mode="json", exclude_unset=True),
     }
     Path(final, FINAL_MARKER).write_text(json.dumps(metrics, default=str))
     ray.train.report({"final": 1, "global_step": trainer.state.global_step},
