@@ -47,52 +47,60 @@ def connect(address: str | None) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """The console shows the run's stage lines, one bar for the stage in flight, and the accuracy table;
+    everything else goes to the run directory's logs/ (this process's output to driver.log, the Ray
+    processes' logs through the `ray` link)."""
     import ray
 
     from cluster.config import load_config
+    from cluster.console import Console
     from cluster.job import drive
+    from cluster.report import accuracy_table
 
     overrides: dict[str, Any] = {}
     if args.name:
         overrides["name"] = args.name
     config = load_config(args.config, overrides)
-    if args.address:
-        connect(args.address)
-    else:
-        from services.config import apply_serve_env
+    logs = config.run_dir / "logs"
+    with Console.to_log_file(logs / "driver.log") as console:
+        if args.address:
+            connect(args.address)
+        else:
+            from services.config import apply_serve_env
 
-        apply_serve_env()
-        # "local": always a fresh cluster; a bare ray.init() would join whatever /tmp/ray last recorded
-        ray.init(address="local", include_dashboard=False, namespace="dpost",
-                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}})
-    started = time.time()
-    print(f"dpost: run {config.name} ({config.mode}, {config.iterations} iteration(s)) in {config.run_dir}")
-    result = drive(config, detached=bool(args.address))
-    minutes = (time.time() - started) / 60
-    print(f"\ndpost: finished in {minutes:.1f} min; report: {result['report']}")
-    _print_summary(Path(result["run_dir"]))
-    url = f"http://{config.serving.host}:{config.serving.port}"
-    print(f"\nThe solver serves {result['live'].get('solver')} at {url}. Try:\n"
-          f"  curl -s {url}/v1/solve -H 'content-type: application/json' "
-          f"-d '{{\"question\": \"Ava has 12 pens. She buys 5 more. How many pens does she have?\"}}'\n"
-          f"  dpost solve --url {url} \"Ava has 12 pens. She buys 5 more. How many pens does she have?\"")
-    if args.exit_when_done or args.address:
-        return 0
-    print("Serving until Ctrl-C.")
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        return 0
+            apply_serve_env()
+            # "local": always a fresh cluster; a bare ray.init() would join whatever /tmp/ray last recorded
+            context = ray.init(address="local", include_dashboard=False, namespace="dpost", log_to_driver=False,
+                               runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}})
+            _link(logs / "ray", Path(context.address_info["session_dir"]) / "logs")
+        started = time.time()
+        console.print(f"dpost: run {config.name} ({config.mode}, {config.iterations} iteration(s)) in "
+                      f"{config.run_dir}; logs in {logs}")
+        result = drive(config, detached=bool(args.address), console=console)
+        console.print(f"dpost: finished in {(time.time() - started) / 60:.1f} min; report: {result['report']}")
+        console.print()
+        for line in accuracy_table(json.loads((Path(result["run_dir"]) / "manifest.json").read_text())):
+            console.print(line)
+        url = f"http://{config.serving.host}:{config.serving.port}"
+        console.print(f"\nThe solver serves {result['live'].get('solver')} at {url}. Try:\n"
+                      f"  curl -s {url}/v1/solve -H 'content-type: application/json' "
+                      f"-d '{{\"question\": \"Ava has 12 pens. She buys 5 more. How many pens does she have?\"}}'\n"
+                      f"  dpost solve --url {url} \"Ava has 12 pens. She buys 5 more. How many pens does she have?\"")
+        if args.exit_when_done or args.address:
+            return 0
+        console.print("Serving until Ctrl-C.")
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            return 0
 
 
-def _print_summary(run_dir: Path) -> None:
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    for version, v in manifest["versions"].items():
-        if "dev_accuracy" in v:
-            test = v.get("test_accuracy")
-            print(f"  {version:8s} dev {100 * v['dev_accuracy']:5.1f}%"
-                  + (f"  test {100 * test:5.1f}%" if test is not None else ""))
+def _link(link: Path, target: Path) -> None:
+    """Point `link` at `target` (replacing an older link, e.g. a resumed run's previous Ray session)."""
+    if link.is_symlink():
+        link.unlink()
+    link.symlink_to(target, target_is_directory=True)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:

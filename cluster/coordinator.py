@@ -23,16 +23,16 @@ import ray
 
 from cluster import stages
 from cluster.config import RunConfig, parse_config
+from cluster.progress import Progress
 from cluster.report import write_report
 from cluster.rundir import RunDir
 from cluster.stages import stage
 from services.pools import ensure_pools
 
 
-def self_training(config: RunConfig, run: RunDir, progress: "Progress") -> dict[str, Any]:
-    log = progress.log
-    data = stage(run, "data", lambda: stages.prepare_data(config, run), log)
-    base = stage(run, "base", lambda: stages.build_base(config, run, data), log)
+def self_training(config: RunConfig, run: RunDir, progress: Progress) -> dict[str, Any]:
+    data = stage(run, "data", lambda: stages.prepare_data(config, run), progress)
+    base = stage(run, "base", lambda: stages.build_base(config, run, data), progress)
     f0, labeled = base["checkpoint"], data["labeled_path"]
     pseudo: list[str] = []  # L = labeled + every S so far
 
@@ -41,26 +41,27 @@ def self_training(config: RunConfig, run: RunDir, progress: "Progress") -> dict[
         return rejection_sampling_fine_tuning(config, run, f0, labeled, warm_up, data, progress)
 
     for t in range(1, config.iterations + 1):
-        questions = stage(run, f"it{t}-questions", lambda: stages.select_questions(config, run, data, t), log)
+        questions = stage(run, f"it{t}-questions", lambda: stages.select_questions(config, run, data, t), progress)
         if config.mode == "dpo-st":
             samples = stage(run, f"it{t}-dpo-samples", lambda: stages.sample_rationales(
                 config, run, f["version"], f["checkpoint"], questions["path"], config.sampling.dpo_samples,
-                f"it{t}-dpo-samples", progress.update), log)
+                f"it{t}-dpo-samples", progress.update), progress)
             pairs = stage(run, f"it{t}-pairs", lambda: stages.preference_pairs(
-                config, run, samples["path"], f"it{t}-pairs"), log)
+                config, run, samples["path"], f"it{t}-pairs"), progress)
             if pairs["pairs"]:
                 fd = {"version": f"dpo-{t}", **stage(run, f"dpo-{t}", lambda: stages.train(
-                    config, run, "dpo", f"dpo-{t}", f["checkpoint"], pairs["path"]), log)}
+                    config, run, "dpo", f"dpo-{t}", f["checkpoint"], pairs["path"],
+                    progress.for_workers(f"dpo-{t}")), progress)}
             else:  # no question had both a right and a wrong sample: nothing to prefer
-                log(f"[dpo-{t}] skipped: no preference pairs; sampling from {f['version']} instead")
+                progress.log(f"[dpo-{t}] skipped: no preference pairs; sampling from {f['version']} instead")
                 fd = f
         else:
             fd = f
         samples = stage(run, f"it{t}-sft-samples", lambda: stages.sample_rationales(
             config, run, fd["version"], fd["checkpoint"], questions["path"], config.sampling.sft_samples,
-            f"it{t}-sft-samples", progress.update), log)
+            f"it{t}-sft-samples", progress.update), progress)
         labels = stage(run, f"it{t}-pseudo-labels", lambda: stages.pseudo_labels(
-            config, run, [samples["path"]], f"it{t}-pseudo-labels"), log)
+            config, run, [samples["path"]], f"it{t}-pseudo-labels"), progress)
         pseudo.append(labels["path"])
         f = sft_step(config, run, f0, labeled, pseudo, f"sft-{t}", progress)
 
@@ -68,20 +69,20 @@ def self_training(config: RunConfig, run: RunDir, progress: "Progress") -> dict[
 
 
 def sft_step(config: RunConfig, run: RunDir, f0: str, labeled: str, pseudo: list[str], version: str,
-             progress: "Progress", reuse: str | None = None) -> dict[str, Any]:
+             progress: Progress, reuse: str | None = None) -> dict[str, Any]:
     """SFT from the base model on L + S, then evaluate on dev and pass the promotion gate. With `reuse` (an
     existing SFT checkpoint folder) the version records that folder instead of training."""
-    log = progress.log
     if reuse:
-        model = stage(run, version, lambda: reuse_checkpoint(run, version, reuse), log)
+        model = stage(run, version, lambda: reuse_checkpoint(run, version, reuse), progress)
     else:
         dataset = stage(run, f"{version}-data", lambda: stages.sft_dataset(run, labeled, list(pseudo),
-                                                                            f"{version}-train"), log)
-        model = stage(run, version, lambda: stages.train(config, run, "sft", version, f0, dataset["path"]), log)
+                                                                            f"{version}-train"), progress)
+        model = stage(run, version, lambda: stages.train(config, run, "sft", version, f0, dataset["path"],
+                                                               progress.for_workers(version)), progress)
     scores = stage(run, f"eval-{version}", lambda: stages.evaluate_version(
-        config, run, version, model["checkpoint"], run.outputs("data"), progress.update), log)
+        config, run, version, model["checkpoint"], run.outputs("data"), progress.update), progress)
     stage(run, f"promote-{version}", lambda: stages.promote(
-        config, run, version, model["checkpoint"], scores["dev_accuracy"]), log)
+        config, run, version, model["checkpoint"], scores["dev_accuracy"]), progress)
     return {"version": version, **model}
 
 
@@ -92,46 +93,30 @@ def reuse_checkpoint(run: RunDir, version: str, checkpoint: str) -> dict[str, An
 
 
 def rejection_sampling_fine_tuning(config: RunConfig, run: RunDir, f0: str, labeled: str,
-                                   warm_up: dict[str, Any], data: dict[str, Any], progress: "Progress"
+                                   warm_up: dict[str, Any], data: dict[str, Any], progress: Progress
                                    ) -> dict[str, Any]:
     """RFT (Yuan et al. 2023): one round; correct samples pooled from several models, deduplicated by their
     equation lists, and SFT from the base model on labeled + pooled."""
-    log = progress.log
-    questions = stage(run, "it1-questions", lambda: stages.select_questions(config, run, data, 1), log)
+    questions = stage(run, "it1-questions", lambda: stages.select_questions(config, run, data, 1), progress)
     models = [(warm_up["version"], warm_up["checkpoint"])]
     models += [(f"rft-model-{i}", path) for i, path in enumerate(config.rft.checkpoints, start=1)]
     sample_paths = []
     for version, checkpoint in models:
         samples = stage(run, f"rft-samples-{version}", lambda: stages.sample_rationales(
             config, run, version, checkpoint, questions["path"], config.sampling.sft_samples,
-            f"rft-samples-{version}", progress.update), log)
+            f"rft-samples-{version}", progress.update), progress)
         sample_paths.append(samples["path"])
     labels = stage(run, "rft-pseudo-labels", lambda: stages.pseudo_labels(
-        config, run, sample_paths, "rft-pseudo-labels", method=config.rft.dedup), log)
+        config, run, sample_paths, "rft-pseudo-labels", method=config.rft.dedup), progress)
     sft_step(config, run, f0, labeled, [labels["path"]], "sft-1", progress)
     return finish(config, run, progress)
 
 
-def finish(config: RunConfig, run: RunDir, progress: "Progress") -> dict[str, Any]:
+def finish(config: RunConfig, run: RunDir, progress: Progress) -> dict[str, Any]:
     report = write_report(run)
     run.update(status="done", finished=time.time(), report=str(report))
     progress.log(f"[done] live solver model: {run.live()}; report: {report}")
     return {"run_dir": str(run.root), "live": {"solver": run.live()}, "report": str(report)}
-
-
-class Progress:
-    """What the driver's progress bars show: the log, and the current sampling stage's row count."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self.current: dict[str, Any] = {}
-
-    def log(self, line: str) -> None:
-        self.lines.append(line)
-        print(line, flush=True)
-
-    def update(self, name: str, done: int, total: int) -> None:
-        self.current = {"name": name, "done": done, "total": total}
 
 
 @ray.remote(num_cpus=0, max_restarts=3, max_task_retries=3, max_concurrency=4)
@@ -170,6 +155,13 @@ class Coordinator:
         return str(self.run_dir.root.resolve())
 
     def status(self) -> dict[str, Any]:
-        """A copy of the manifest (taken under its lock) and the log: safe to keep while `run` goes on."""
-        return {"manifest": self.run_dir.manifest, "log": self.progress.lines[-50:],
-                "current": self.progress.current}
+        """A copy of the manifest (taken under its lock): safe to keep while `run` goes on."""
+        return {"manifest": self.run_dir.manifest}
+
+    def console(self, since: int, seen_id: str | None) -> dict[str, Any]:
+        """What the driver's console shows: new lines and the running stage's bar (`Progress.snapshot`)."""
+        return self.progress.snapshot(since, seen_id)
+
+    def report_training(self, stage: str, step: int, total: int, info: dict[str, Any]) -> None:
+        """A Ray Train worker's step count for the running stage's bar (`Progress.for_workers`)."""
+        self.progress.update_from_worker(stage, step, total, info)

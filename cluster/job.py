@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from cluster.config import RunConfig, config_from_yaml_text, load_config
+from cluster.console import Console
 from trainers.core.errors import DpostError
 
 
@@ -36,50 +37,36 @@ def start_coordinator(config: RunConfig, detached: bool) -> Any:
     return Coordinator.options(**options).remote(config.to_dict())
 
 
-def drive(config: RunConfig, detached: bool, show_progress: bool = True) -> dict[str, Any]:
-    """Run the coordinator to the end, mirroring its log and sampling progress on this console."""
+def drive(config: RunConfig, detached: bool, show_progress: bool = True, console: Console | None = None
+          ) -> dict[str, Any]:
+    """Run the coordinator to the end, showing its lines and the running stage's bar on `console` (by default
+    this process's stdout; bars only on a terminal, never without `show_progress`)."""
     import ray
 
     from services.pools import start_serve
 
+    console = console or Console(bars=None if show_progress else False)
     start_serve(config.serving)
     coordinator = start_coordinator(config, detached)
     result_ref = coordinator.run.remote()
-    bar = None
     try:
         while True:
             ready, _ = ray.wait([result_ref], timeout=1.0)
-            if show_progress:
-                bar = _render(coordinator, bar)
+            _show(coordinator, console)  # after `ready` too: the lines logged since the last poll
             if ready:
                 return ray.get(result_ref)
     finally:
-        if bar is not None:
-            bar.close()
+        console.end_bar()
 
 
-def _render(coordinator: Any, bar: Any) -> Any:
-    """A progress bar for the sampling stage in flight (the coordinator's own log lines reach this console
-    through Ray's log forwarding)."""
+def _show(coordinator: Any, console: Console) -> None:
     import ray
-    from tqdm import tqdm
 
     try:
-        status = ray.get(coordinator.status.remote(), timeout=5)
-    except Exception:  # the coordinator is restarting; its retried `run` resumes from the manifest
-        return bar
-    stages = status["manifest"]["stages"]
-    done = sum(1 for s in stages.values() if s.get("status") == "done")
-    current = status["current"]
-    if current:
-        desc = f"{current['name']} ({done} stages done)"
-        if bar is None or bar.desc != desc:
-            if bar is not None:
-                bar.close()
-            bar = tqdm(total=current["total"], desc=desc, unit="row", leave=False)
-        bar.n = current["done"]
-        bar.refresh()
-    return bar
+        snapshot = ray.get(coordinator.console.remote(console.seen, console.source), timeout=5)
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
+        return  # the coordinator is restarting; its retried `run` resumes from the manifest
+    console.show(snapshot)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("give --config")
         import ray
 
-        ray.init(address=args.address)
+        # the job log gets the coordinator's lines (drive); each Ray process keeps its own log on the cluster
+        ray.init(address=args.address, log_to_driver=False)
         started = time.time()
         result = drive(config, detached=True, show_progress=False)
     except DpostError as exc:

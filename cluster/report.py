@@ -35,17 +35,33 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
+ACCURACY_COLUMNS = ["iteration", "model", "dev", "test", "DPO pairs", "pseudo-labels",
+                    "questions solved by K samples"]
+
+
+def _accuracy_cells(rows: list[dict[str, Any]]) -> list[list[str]]:
+    return [[str(r["iteration"]), r["version"], _pct(r["dev"]), _pct(r["test"]), str(r.get("pairs", "-")),
+             str(r.get("pseudo_labels", "-")), _pct(r.get("solve_rate"))] for r in rows]
+
+
+def accuracy_table(manifest: dict[str, Any]) -> list[str]:
+    """The report's accuracy table as aligned text lines (the console's last word on a run); the live
+    solver's row is marked."""
+    live = manifest["live"].get("solver")
+    cells = [row + (["live"] if row[1] == live else [""]) for row in _accuracy_cells(_iterations(manifest))]
+    table = [ACCURACY_COLUMNS + [""]] + cells
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in table]
+
+
 def write_report(run: RunDir) -> Path:
     m = run.manifest
     rows = _iterations(m)
     lines = [f"# dpost run `{m.get('name', run.root.name)}`", "",
              f"mode `{m.get('config', {}).get('mode')}`, live solver model: `{m['live'].get('solver')}`", "",
              "## Accuracy per iteration (greedy, calculator on)", "",
-             "| iteration | model | dev | test | DPO pairs | pseudo-labels | questions solved by K samples |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['iteration']} | {r['version']} | {_pct(r['dev'])} | {_pct(r['test'])} | "
-                     f"{r.get('pairs', '-')} | {r.get('pseudo_labels', '-')} | {_pct(r.get('solve_rate'))} |")
+             "| " + " | ".join(ACCURACY_COLUMNS) + " |", "|---" * len(ACCURACY_COLUMNS) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in _accuracy_cells(rows)]
     dpo = {k: v for k, v in m["versions"].items() if k.startswith("dpo-")}
     if dpo:
         lines += ["", "## DPO steps", "", "| model | steps | reward margin first -> last | reward accuracy |",

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cluster.config import RunConfig
+from cluster.progress import Progress
 from cluster.rundir import RunDir, read_jsonl, write_jsonl
 from services.pools import decode_on_pool, swap
 from trainers.core.dedup import dedup_clusters
@@ -24,18 +25,17 @@ from trainers.data.problems import load_problems, write_gsm8k_jsonl
 from trainers.engine.decoding import Decoded, DecodeRequest
 from trainers.engine.rows import DecodeParams, make_requests, to_records
 from trainers.evaluation import DecodeFn, EvalConfig, evaluate_problems
-from trainers.training.ray_train import train_dpo, train_sft
+from trainers.training.ray_train import StepProgress, train_dpo, train_sft
 
 ProgressFn = Callable[[str, int, int], None]
 
 
-def stage(run: RunDir, name: str, fn: Callable[[], dict[str, Any]], log: Callable[[str], None] = print
-          ) -> dict[str, Any]:
+def stage(run: RunDir, name: str, fn: Callable[[], dict[str, Any]], progress: Progress) -> dict[str, Any]:
     """Run `fn` unless the manifest already marks `name` done with its outputs on disk."""
     if run.is_done(name):
-        log(f"[{name}] done earlier, kept")
+        progress.finished(name, None, run.outputs(name))
         return run.outputs(name)
-    log(f"[{name}] started")
+    progress.started(name)
     run.start(name)
     try:
         outputs = fn()
@@ -43,8 +43,7 @@ def stage(run: RunDir, name: str, fn: Callable[[], dict[str, Any]], log: Callabl
         run.fail(name, f"{type(exc).__name__}: {exc}")
         raise
     run.finish(name, outputs)
-    log(f"[{name}] done in {run.manifest['stages'][name]['seconds']:.1f}s "
-        f"{ {k: v for k, v in outputs.items() if not isinstance(v, (str, dict, list))} }")
+    progress.finished(name, run.manifest["stages"][name]["seconds"], outputs)
     return outputs
 
 
@@ -191,14 +190,14 @@ def sft_dataset(run: RunDir, labeled_path: str, pseudo_paths: list[str], out_nam
 
 # ------------------------------------------------------------------------------------------------ training
 
-def train(config: RunConfig, run: RunDir, kind: str, version: str, model_path: str, data_path: str
-          ) -> dict[str, Any]:
+def train(config: RunConfig, run: RunDir, kind: str, version: str, model_path: str, data_path: str,
+          progress: StepProgress | None = None) -> dict[str, Any]:
     stage_config = config.stage_config(kind, model_path=model_path, data_path=data_path,
                                        output_dir=str(run.checkpoint(version)),
                                        run_name=f"{config.name}-{version}")
     if not stage_config.storage_path:
         stage_config.storage_path = str(run.root / "ray_train")
-    result = (train_sft if kind == "sft" else train_dpo)(stage_config)  # type: ignore[arg-type]
+    result = (train_sft if kind == "sft" else train_dpo)(stage_config, progress)  # type: ignore[arg-type]
     m = result.metrics
     summary = {"global_step": m["global_step"], "first_loss": m["first_loss"], "final_loss": m["final_loss"],
                "resumed_from_step": m["resumed_from_step"], "rank0_node_id": m.get("node_id")}

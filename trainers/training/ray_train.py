@@ -12,15 +12,22 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from transformers import TrainerCallback
 
 from trainers.training.config import (STAGES, DPOStageConfig, SFTStageConfig, TrainStageConfig,
                                       default_extensions_dir)
 
 FINAL_MARKER = "dpost_final.json"
+
+# Called on the main worker as `progress(step, total, loss=...)` while training runs (the driver's bar).
+StepProgress = Callable[..., None]
 
 
 @dataclass
@@ -29,24 +36,25 @@ class TrainResult:
     metrics: dict[str, Any]
 
 
-def train_sft(config: SFTStageConfig) -> TrainResult:
-    return _fit("sft", config)
+def train_sft(config: SFTStageConfig, progress: StepProgress | None = None) -> TrainResult:
+    return _fit("sft", config, progress)
 
 
-def train_dpo(config: DPOStageConfig) -> TrainResult:
-    return _fit("dpo", config)
+def train_dpo(config: DPOStageConfig, progress: StepProgress | None = None) -> TrainResult:
+    return _fit("dpo", config, progress)
 
 
-def _fit(kind: str, config: TrainStageConfig) -> TrainResult:
+def _fit(kind: str, config: TrainStageConfig, progress: StepProgress | None) -> TrainResult:
     import ray.train
-    from ray.train.torch import TorchTrainer
+
+    from trainers.training.orphaned_groups import Trainer, remove_orphaned_training_groups
 
     config = config.checked()
     remove_orphaned_training_groups()
     workers = {"CPU": 1} if not config.use_gpu else {"CPU": 1, "GPU": 1}
-    trainer = TorchTrainer(
+    trainer = Trainer(
         train_loop_per_worker=_worker_loop,
-        train_loop_config={"kind": kind, "config": config.model_dump(exclude_unset=True)},
+        train_loop_config={"kind": kind, "config": config.model_dump(exclude_unset=True), "progress": progress},
         scaling_config=ray.train.ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
                                                resources_per_worker=config.resources_per_worker or workers),
         run_config=ray.train.RunConfig(
@@ -54,6 +62,9 @@ def _fit(kind: str, config: TrainStageConfig) -> TrainResult:
             storage_path=config.resolved_storage_path(),
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            # Ray Train's print patch sends each print() in a worker both to stdout and, through the root
+            # logger, to stderr: every line TRL prints would be in the logs twice
+            worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
         ),
     )
     result = trainer.fit()
@@ -75,6 +86,7 @@ def _fit(kind: str, config: TrainStageConfig) -> TrainResult:
 
 def _worker_loop(loop_config: dict[str, Any]) -> None:
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", default_extensions_dir())
+    _ignore_library_deprecations()
     import torch
 
     kind = loop_config["kind"]
@@ -86,7 +98,7 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
 
             deepspeed.init_distributed(dist_backend="gloo")
 
-    trainer = build_trainer(kind, config)
+    trainer = build_trainer(kind, config, progress=loop_config["progress"])
     try:
         resumed_from = _train_resuming(trainer)
         _save_final(trainer, config, resumed_from)
@@ -94,42 +106,11 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
         shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
 
 
-def remove_orphaned_training_groups() -> list[str]:
-    """Remove the placement groups of Ray Train runs whose controller is dead; returns their ids.
-
-    A placement group lives as long as its creator's JOB, not its creator actor. When the coordinator (and with
-    it the TrainController it owns) is killed mid-training, the group keeps its CPUs until the driver exits,
-    and the restarted coordinator's training waits for them forever. Ray Train's own PlacementGroupCleaner
-    handles this only when it can reach the State API (the dashboard), which many clusters keep off. The GCS
-    knows each group's creator and whether it died: a group created by a dead TrainController is an orphan.
-    """
-    import ray
-    from ray._private.state import state  # GCS tables; unlike ray.util.state, needs no dashboard
-    from ray.core.generated import gcs_pb2
-    from ray.util import remove_placement_group
-    from ray.util.placement_group import PlacementGroup
-
-    if not ray.is_initialized():
-        return []
-    removed = []
-    for raw in state._connect_and_get_accessor().get_placement_group_table():
-        group = gcs_pb2.PlacementGroupTableData.FromString(raw)
-        if group.state == gcs_pb2.PlacementGroupTableData.REMOVED or group.is_detached \
-                or not group.creator_actor_dead:
-            continue
-        creator = state.actor_table(group.creator_actor_id.hex())
-        if creator.get("ActorClassName") != "TrainController":
-            continue
-        remove_placement_group(PlacementGroup(ray.PlacementGroupID(group.placement_group_id)))
-        removed.append(group.placement_group_id.hex())
-    if removed:
-        print(f"[dpost] removed {len(removed)} placement group(s) left by killed training runs", flush=True)
-    return removed
-
-
-def build_trainer(kind: str, config: TrainStageConfig, ray_train: bool = True):
+def build_trainer(kind: str, config: TrainStageConfig, ray_train: bool = True,
+                  progress: StepProgress | None = None):
     """The TRL trainer a worker runs. `ray_train=False` gives the same trainer for one plain process (no Ray
-    callbacks; set `zero_stage=0` for no DeepSpeed): the baseline benchmarks compare against."""
+    callbacks; set `zero_stage=0` for no DeepSpeed): the baseline benchmarks compare against. `progress`
+    hears the main process's step count and loss."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(config.model_path)
@@ -147,7 +128,8 @@ def build_trainer(kind: str, config: TrainStageConfig, ray_train: bool = True):
 
         trainer = DPOTrainer(model=model, ref_model=None, args=DPOConfig(**args),
                              train_dataset=_dpo_dataset(config.data_path), processing_class=tokenizer)
-    trainer.add_callback(_ProgressCallback(kind))
+    if progress is not None:
+        trainer.add_callback(StepReporter(progress))
     if not ray_train:
         return trainer
     from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
@@ -236,21 +218,44 @@ def _dpo_dataset(path: str):
     return Dataset.from_json(path, cache_dir=str(cache)).select_columns(["prompt", "chosen", "rejected"])
 
 
-try:
-    from transformers import TrainerCallback as _TrainerCallback
-except ImportError:  # pragma: no cover
-    _TrainerCallback = object  # type: ignore[assignment,misc]
+# Deprecations raised inside libraries dpost calls, not by dpost's own arguments: DeepSpeed's ZeRO gathers
+# through torch's old collective name, TRL reads the model's old `is_gradient_checkpointing`. Each is matched by
+# category, module and message, so any other warning still reaches the worker's log.
+LIBRARY_DEPRECATIONS = [
+    (FutureWarning, r"torch\.distributed\.c10d_logger", r"`torch\.distributed\.all_gather_into_tensor` is deprecated"),
+    (FutureWarning, r"transformers\.modeling_utils", r"`is_gradient_checkpointing` is deprecated"),
+]
 
 
-class _ProgressCallback(_TrainerCallback):  # type: ignore[misc,valid-type]
-    """One line per logging step on rank 0; Ray forwards worker stdout to the driver's console."""
+def _ignore_library_deprecations() -> None:
+    for category, module, message in LIBRARY_DEPRECATIONS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
 
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
+
+class StepReporter(TrainerCallback):
+    """Sends the main process's step/total and latest loss to `progress`: at most once per `interval` seconds
+    (the driver redraws its bar about once a second), at each logging step, and at the end."""
+
+    def __init__(self, progress: StepProgress, interval: float = 1.0) -> None:
+        self.progress = progress
+        self.interval = interval
+        self.info: dict[str, float] = {}
+        self.sent = 0.0
+
+    def on_step_end(self, args, state, control, **kwargs) -> None:
+        if time.monotonic() - self.sent >= self.interval:
+            self._send(state)
 
     def on_log(self, args, state, control, logs=None, **kwargs) -> None:
-        if state.is_world_process_zero and logs and "loss" in logs:
-            extra = {k: round(v, 4) for k, v in logs.items()
-                     if k in ("rewards/margins", "rewards/accuracies") and isinstance(v, float)}
-            print(f"[{self.kind}] step {state.global_step}/{state.max_steps} loss {logs['loss']:.4f} "
-                  f"{extra or ''}", flush=True)
+        if logs and "loss" in logs:
+            shown = {"loss": "loss", "rewards/margins": "margin"}
+            self.info = {name: round(float(logs[key]), 4) for key, name in shown.items() if key in logs}
+            self._send(state)
+
+    def on_train_end(self, args, state, control, **kwargs) -> None:
+        self._send(state)
+
+    def _send(self, state) -> None:
+        if state.is_world_process_zero:
+            self.sent = time.monotonic()
+            self.progress(state.global_step, state.max_steps, **self.info)
