@@ -77,8 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         console.print(f"dpost: run {config.name} ({config.mode}, {config.iterations} iteration(s)) in "
                       f"{config.run_dir}; logs in {logs}")
         result = drive(config, detached=bool(args.address), console=console)
-        console.print(f"dpost: finished in {(time.time() - started) / 60:.1f} min; report: {result['report']}")
-        console.print()
+        console.print(f"dpost: finished in {(time.time() - started) / 60:.1f} min\n")
         for line in accuracy_table(json.loads((Path(result["run_dir"]) / "manifest.json").read_text())):
             console.print(line)
         url = f"http://{config.serving.host}:{config.serving.port}"
