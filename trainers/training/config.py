@@ -112,9 +112,10 @@ class SFTArgs(create_model("SFTFields", __base__=TRLArgs, **trl_fields(SFTConfig
 
 class DPOArgs(create_model("DPOFields", __base__=TRLArgs, **trl_fields(DPOConfig))):  # type: ignore[misc]
     """Fields of TRL's DPOConfig, passed through to it; unset ones take dpost's defaults (for a from-scratch
-    model), then TRL's. dpost adds an NLL term on the chosen rationale (`loss_type: [sigmoid, sft]`, RPO): on
-    a from-scratch tiny model it kept a 10x higher learning rate from collapsing the policy. Reference
-    log-probs are computed once up front (about 35% faster per step)."""
+    model), then TRL's. dpost adds an NLL term on the chosen rationale (`loss_type: [sigmoid, sft]`, RPO): a
+    from-scratch tiny model needs learning rates far above the paper's to move at all, and at those rates
+    plain DPO collapses the policy. Reference log-probs are computed once up front, so a step runs no forward
+    pass of the reference model."""
 
     TRL_CLASS: ClassVar[type] = DPOConfig
     DEFAULTS: ClassVar[dict[str, Any]] = {
