@@ -425,26 +425,37 @@ def _shell_commands(markdown: str) -> Iterator[list[str]]:
             yield argv
 
 
-def test_readme_commands_name_files_modules_and_cli_arguments_that_exist():
+def _check_commands(readme: Path) -> list[list[str]]:
+    """Every shell command of a README names files, modules, make targets and dpost arguments that exist;
+    returns the dpost command lines."""
     from cluster.cli import build_parser
 
-    commands = list(_shell_commands((DEPLOY / "README.md").read_text()))
-    assert len(commands) > 10
-    seen_dpost = 0
-    for argv in commands:
+    targets = set(re.findall(r"^([a-z][\w-]*):", (ROOT / "Makefile").read_text(), re.M))
+    name = readme.relative_to(ROOT)
+    dpost = []
+    for argv in _shell_commands(readme.read_text()):
         for token in argv:
-            if token.startswith("deploy/"):
-                assert (ROOT / token).exists(), f"README names {token}, which does not exist: {argv}"
+            if re.match(r"(deploy|benchmarks|configs)/", token):
+                assert (ROOT / token).exists(), f"{name} names {token}, which does not exist: {argv}"
         for i, token in enumerate(argv[:-1]):
             if token == "-m" and i > 0 and argv[i - 1].startswith("python"):
                 _module_file(argv[i + 1])
+        if argv[0] == "make":
+            assert set(argv[1:]) <= targets, f"{name}: `{shlex.join(argv)}` names a target the Makefile lacks"
         if argv[0] == "dpost":
-            seen_dpost += 1
+            dpost.append(argv)
             try:
                 build_parser().parse_args(argv[1:])
             except SystemExit:
-                pytest.fail(f"README: `{shlex.join(argv)}` is not a valid dpost command line")
-    assert seen_dpost >= 5
+                pytest.fail(f"{name}: `{shlex.join(argv)}` is not a valid dpost command line")
+    return dpost
+
+
+def test_readme_commands_name_files_modules_and_cli_arguments_that_exist():
+    assert len(list(_shell_commands((DEPLOY / "README.md").read_text()))) > 10
+    assert len(_check_commands(DEPLOY / "README.md")) >= 5
+    for readme in (ROOT / "README.md", ROOT / "benchmarks" / "README.md"):
+        _check_commands(readme)
 
 
 # ------------------------------------------------------------------------------------------ Serve configs
