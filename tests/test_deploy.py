@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import itertools
 import json
 import re
 import shlex
@@ -434,6 +435,7 @@ def _check_commands(readme: Path) -> list[list[str]]:
     name = readme.relative_to(ROOT)
     dpost = []
     for argv in _shell_commands(readme.read_text()):
+        argv = list(itertools.takewhile(lambda t: t not in (">", ">>", "<", "|", "&&", ";"), argv))
         for token in argv:
             if re.match(r"(deploy|benchmarks|configs)/", token):
                 assert (ROOT / token).exists(), f"{name} names {token}, which does not exist: {argv}"
