@@ -215,13 +215,11 @@ class RunConfig(BaseModel):
             return raw
         raw = dict(raw)
         for section, key in (("data", "synthetic"), ("training", "sft"), ("training", "dpo")):
-            outer = raw.get(section, {} if section == "training" else None)
-            if not isinstance(outer, dict) or not isinstance(outer.get(key, {}), dict):
-                continue
-            if section == "data" and outer.get(key) is None:
-                continue  # no synthetic task
-            inner = outer.get(key) or {}
-            if "seed" not in inner:
+            outer = raw.get(section) or {}
+            inner = outer.get(key) if isinstance(outer, dict) else None
+            if inner is None and section == "training":
+                inner = {}  # the stages always exist; a run without `synthetic` reads files
+            if isinstance(inner, dict) and "seed" not in inner:
                 raw[section] = {**outer, key: {**inner, "seed": raw.get("seed", 0)}}
         return raw
 

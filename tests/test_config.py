@@ -114,7 +114,8 @@ def test_paper_preset_sets_the_papers_hyper_parameters_under_explicit_ones():
 
 
 def test_the_synthetic_task_and_training_follow_the_runs_seed_unless_set():
-    config = parse_config({"seed": 3, "data": {"synthetic": {"n_dev": 10}}, "training": {"dpo": {"seed": 1}}})
+    config = parse_config({"seed": 3, "data": {"synthetic": {"n_dev": 10}},
+                           "training": {"sft": None, "dpo": {"seed": 1}}})
     assert (config.data.synthetic.seed, config.training.sft.seed, config.training.dpo.seed) == (3, 3, 1)
 
 
