@@ -188,7 +188,7 @@ def run_plain(kind: str, config: Any, work: Path) -> dict[str, Any]:
 
 def _memory_mib(pid: int, field: str) -> float | None:
     """A /proc/<pid>/status memory field in MiB: `VmRSS` (resident now) or `VmHWM` (the peak resident set so
-    far, kernel-tracked, so polling rarely loses nothing); None once the process is gone."""
+    far, kernel-tracked, so a poll misses no peak between two polls); None once the process is gone."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith(f"{field}:"):
