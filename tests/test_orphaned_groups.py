@@ -41,26 +41,32 @@ def test_group_of_a_dead_train_controller_is_removed_and_others_are_kept(ray_clu
     """A stand-in actor with Ray Train's controller class name creates a group and dies; an actor of another
     class does the same. Only the controller's group is removed."""
     import ray
-    from ray.util.placement_group import placement_group_table
+    from ray.util.placement_group import PlacementGroup, placement_group_table
 
     from trainers.training.orphaned_groups import CONTROLLER_CLASS, remove_orphaned_training_groups
 
     class Creator:
         def reserve(self) -> str:
-            group = ray.util.placement_group([{"CPU": 0.01}])
+            # a byte of memory, no CPU: a leftover group must not starve the session's later training
+            group = ray.util.placement_group([{"memory": 1}])
             ray.get(group.ready(), timeout=60)
             return group.id.hex()
 
     controller = ray.remote(num_cpus=0)(type(CONTROLLER_CLASS, (Creator,), {})).remote()
     other = ray.remote(num_cpus=0)(type("SomeOtherActor", (Creator,), {})).remote()
     orphan, kept = ray.get(controller.reserve.remote()), ray.get(other.reserve.remote())
-    ray.kill(controller)
-    ray.kill(other)
+    try:
+        for actor in (controller, other):
+            ray.kill(actor)
+            with pytest.raises(ray.exceptions.RayActorError):  # dead for the GCS too, not only killed
+                ray.get(actor.reserve.remote(), timeout=60)
 
-    removed = remove_orphaned_training_groups()
+        removed = remove_orphaned_training_groups()
 
-    assert orphan in removed and kept not in removed
-    states = {pg_id: info["state"] for pg_id, info in placement_group_table().items()}
-    assert states[orphan] == "REMOVED"
-    assert states[kept] != "REMOVED"
-    ray.util.remove_placement_group(ray.util.placement_group.PlacementGroup(ray.PlacementGroupID.from_hex(kept)))
+        assert orphan in removed and kept not in removed
+        states = {pg_id: info["state"] for pg_id, info in placement_group_table().items()}
+        assert states[orphan] == "REMOVED"
+        assert states[kept] != "REMOVED"
+    finally:
+        for pg_id in (orphan, kept):
+            ray.util.remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(pg_id)))
