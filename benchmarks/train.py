@@ -69,7 +69,6 @@ from benchmarks.common import (PhaseTimer, Stopwatch, base_parser, build_base, b
 setup_env()
 
 NAME = "train"
-MIB = 2**20
 STEP_LINE = re.compile(r"\[(sft|dpo)\] step (\d+)/(\d+)")
 
 
