@@ -102,6 +102,8 @@ def test_openai_client_completions_work_unchanged(serving):
 
 def test_three_hot_swaps_under_concurrent_http_load_fail_no_request(serving, sft_result, base_checkpoint,
                                                                      other_base_checkpoint):
+    """The load test of the suite: enough concurrent requests that swaps happen while they are in flight.
+    Throughput and latency under swaps at volume are measured by benchmarks/swap_load.py, not here."""
     _, url = serving
     versions = ["v1", "v2", "v3", "v4"]
     checkpoints = [sft_result.checkpoint, base_checkpoint, other_base_checkpoint, sft_result.checkpoint]
@@ -129,7 +131,7 @@ def test_three_hot_swaps_under_concurrent_http_load_fail_no_request(serving, sft
 
     statuses, seen = asyncio.run(load())
     assert len(statuses) == 240 and all(s == 200 for s in statuses), sorted(set(statuses))
-    assert set(seen) <= set(versions)
+    assert set(seen) <= set(versions) and len(set(seen)) >= 2  # answered across at least one swap
     after = [httpx.post(f"{url}/v1/solve", json={"question": "One more?"}, timeout=60).json()["model_version"]
              for _ in range(5)]
     assert after == ["v4"] * 5
