@@ -10,6 +10,16 @@ import threading
 import time
 
 
+def running_replica_nodes(app: str, deployment: str) -> list[str]:
+    """The node of every RUNNING replica, as Serve's controller reports it (what `serve status` and the
+    dashboard read): calls through a handle only show the replicas its router happened to pick."""
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeInstanceDetails
+
+    details = ServeInstanceDetails(**_get_global_client().get_serve_details())
+    replicas = details.applications[app].deployments[deployment].replicas
+    return sorted(r.node_id for r in replicas if r.state == "RUNNING")
+
 
 def main(config_path: str, port: int) -> None:
     import ray
@@ -34,9 +44,7 @@ def main(config_path: str, port: int) -> None:
             if stages.get("it1-dpo-samples", {}).get("status") == "running":
                 break
             time.sleep(0.05)
-        handle = serve.get_deployment_handle("Sampler", app_name="rollout")
-        placements = {handle.info.remote().result()["node_id"] for _ in range(8)}
-        removed["placements_before"] = sorted(placements)
+        removed["placements_before"] = running_replica_nodes("rollout", "Sampler")
         cluster.remove_node(samplers[1])
         removed["node"] = samplers[1].node_id
         removed["at_stage"] = "it1-dpo-samples"
