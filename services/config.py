@@ -20,7 +20,14 @@ POOLS = ("rollout", "solver")
 # in the environment before the cluster starts (the deploy image sets it too). Export it as 0 to opt out.
 # The one part of that mode we leave off: a handle's router stays on its own loop, because the coordinator
 # calls the rollout pool from short-lived `asyncio.run` loops, and a router bound to a closed loop fails.
-SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1"}
+# That mode also turns on direct ingress, where every stopped ingress replica (the solver's `SolverAPI`, the
+# rollout app's `Sampler`) stays up for a minimum draining period, 30 s by default, so that an external load
+# balancer in front of the replicas' own ports can deregister it. Nothing dpost deploys points one there: the
+# Serve proxy and handles learn of a removal from the controller within a second. So every redeploy, scale
+# and `serve.shutdown` would wait out that window for nothing; we set it to 0. A stopping replica still
+# finishes every request in flight first (Serve's drain), so replacing replicas loses no request.
+SERVE_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1",
+             "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "0"}
 
 
 def apply_serve_env() -> None:
