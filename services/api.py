@@ -21,11 +21,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.config import ServingConfig
 from services.registry import get_registry
+from services.web import router as web_router
 from trainers.core.answers import answers_match, cut_after_answer, extract_answer, format_answer
 from trainers.core.metrics import majority_vote
 from trainers.core.prompting import format_prompt
 
 app = FastAPI(title="dpost solver", version="1")
+app.include_router(web_router)
 
 
 def _error(status: int, message: str, kind: str) -> JSONResponse:
