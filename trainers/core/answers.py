@@ -1,15 +1,36 @@
-"""The one answer parser: sampling, labelling, serving and evaluation all read numbers through here."""
+"""The one answer checker: sampling, labelling, serving, evaluation and re-ranking read answers through here.
+
+Two answer formats, chosen per dataset (`answer_checker(fmt)`):
+  gsm8k  a number after `#### ` (GSM8K, SVAMP, MultiArith, ASDiv): parsed here, compared within a tolerance.
+  boxed  the LaTeX inside the last `\\boxed{...}` (MATH): compared by `math-verify` (sympy), which decides
+         `\\frac{1}{2}` = `0.5` = `1/2`. Its timeouts use SIGALRM, which only a main thread may set, so a call
+         from any other thread (a Serve replica's request thread, a Ray Train worker's training thread) runs in a
+         one-process pool whose main thread does the work (`_boxed_equivalent_many`).
+The module-level GSM8K functions (`extract_answer`, `extract_gold`, `answers_match`) are the gsm8k checker's.
+"""
 
 from __future__ import annotations
 
+import atexit
+import concurrent.futures
+import functools
 import math
+import multiprocessing
 import re
-from typing import Literal
+import threading
+from dataclasses import dataclass
+from typing import Iterable, Literal, Sequence, Union
 
 from trainers.core.calculator import format_result
-from trainers.core.errors import DataError
+from trainers.core.errors import ConfigError, DataError
 
-__all__ = ["answers_match", "extract_answer", "extract_gold", "format_answer", "parse_number"]
+__all__ = ["ANSWER_FORMATS", "Answer", "AnswerChecker", "AnswerFormat", "Label", "answer_checker", "answers_match",
+           "extract_answer", "extract_boxed", "extract_gold", "format_answer", "parse_number"]
+
+AnswerFormat = Literal["gsm8k", "boxed"]
+ANSWER_FORMATS: tuple[str, ...] = ("gsm8k", "boxed")
+# A gsm8k answer is a float; a boxed answer is the LaTeX string inside `\boxed{}`.
+Answer = Union[float, str]
 
 # ASCII digits only: `\d` and float() would also accept unicode digits such as '٣'.
 _UNSIGNED = r"(?:[0-9]{1,3}(?:,[0-9]{3})+(?![0-9])|[0-9]+)(?:\.[0-9]*)?(?:[eE][+-]?[0-9]+)?|\.[0-9]+"
@@ -120,3 +141,181 @@ def format_answer(value: float) -> str:
     if not math.isfinite(value) or abs(value) >= 1e15:
         return f"{value:.6g}"
     return format_result(value)
+
+
+# ---------------------------------------------------------------------------------------------- boxed (MATH)
+
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+
+
+def extract_boxed(text: str) -> str | None:
+    """The contents of the last complete, non-empty `\\boxed{...}` (or `\\fbox{...}`) in `text`, nested braces
+    included, stripped; None when there is none. The last one is MATH's final answer."""
+    for match in reversed(list(_BOXED.finditer(text))):
+        depth, start, i = 1, match.end(), match.end()
+        while i < len(text):
+            char = text[i]
+            if char == "\\":
+                i += 2  # an escaped character (`\\{`, `\\}`, `\\\\`) is no brace
+                continue
+            depth += (char == "{") - (char == "}")
+            if depth == 0:
+                content = text[start:i].strip()
+                if content:
+                    return content
+                break
+            i += 1
+    return None
+
+
+def _mv_parse(answer: str, timeout: int | None):
+    from math_verify import parse
+
+    # Wrapped in \boxed{} so math-verify reads the whole string as one LaTeX answer (`x=3`, `\frac12`, `1/2`).
+    return parse(f"\\boxed{{{answer}}}", parsing_timeout=timeout)
+
+
+@functools.lru_cache(maxsize=65536)
+def _boxed_equivalent_here(pred: str, gold: str) -> bool:
+    """math-verify's verdict in this thread; its own SIGALRM timeouts bound a pathological sympy case."""
+    from math_verify import verify
+
+    timeout = 5 if threading.current_thread() is threading.main_thread() else None
+    if timeout is None:
+        raise RuntimeError("math-verify's timeouts need the main thread; use _boxed_equivalent_many")
+    parsed_gold, parsed_pred = _mv_parse(gold, timeout), _mv_parse(pred, timeout)
+    if not parsed_gold or not parsed_pred:
+        return pred.strip() == gold.strip()  # neither side parses: only the same text is the same answer
+    return bool(verify(parsed_gold, parsed_pred, timeout_seconds=timeout))
+
+
+def _boxed_equivalent_batch(pairs: Sequence[tuple[str, str]]) -> list[bool]:
+    """Run in the pool's process, on its main thread."""
+    return [_boxed_equivalent_here(pred, gold) for pred, gold in pairs]
+
+
+_POOL: concurrent.futures.ProcessPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+# A whole batch of comparisons, each bounded by math-verify's own 5 s (parse + verify, both sides).
+_BATCH_TIMEOUT_S = 60.0
+
+
+def _pool() -> concurrent.futures.ProcessPoolExecutor:
+    """One worker process, started on first use: spawned (not forked) because the callers are threaded
+    processes (Ray workers) where a fork can copy a lock another thread holds."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = concurrent.futures.ProcessPoolExecutor(max_workers=1,
+                                                           mp_context=multiprocessing.get_context("spawn"))
+            atexit.register(_POOL.shutdown, wait=False, cancel_futures=True)
+        return _POOL
+
+
+def _boxed_equivalent_many(pairs: Sequence[tuple[str, str]]) -> list[bool]:
+    """math-verify's verdict on each (pred, gold): here on the main thread, else in the pool's process."""
+    if threading.current_thread() is threading.main_thread():
+        return [_boxed_equivalent_here(pred, gold) for pred, gold in pairs]
+    if not pairs:
+        return []
+    global _POOL
+    try:
+        return _pool().submit(_boxed_equivalent_batch, list(pairs)).result(timeout=_BATCH_TIMEOUT_S)
+    except concurrent.futures.process.BrokenProcessPool:
+        with _POOL_LOCK:  # the worker died (out of memory, killed): the next call starts a new one
+            _POOL = None
+        raise
+
+
+# ---------------------------------------------------------------------------------------------- one checker
+
+
+@dataclass(frozen=True)
+class Label:
+    """A completion checked against its gold answer: what `extract` reads in each mode and whether it is right."""
+
+    answer: Answer | None  # flexible
+    strict_answer: Answer | None
+    correct: bool  # strict: training labels need a well-formed final answer
+    correct_flexible: bool
+
+
+@dataclass(frozen=True)
+class AnswerChecker:
+    """The answer rules of one dataset format. `answer_checker(fmt)` gives one; every caller that reads,
+    compares or groups answers goes through it, so labels, votes and clusters agree.
+
+    gsm8k: strict is the number after the first `####`, flexible falls back to the last number; equal within
+        `tol` (absolute below 1, relative above).
+    boxed: strict is the last `\\boxed{}`, flexible falls back to the last number in the text; equal when
+        math-verify says so (`verify(gold, pred)`: not symmetric, the second argument plays gold).
+    """
+
+    format: AnswerFormat = "gsm8k"
+    tol: float = 1e-4
+
+    def __post_init__(self) -> None:
+        if self.format not in ANSWER_FORMATS:
+            raise ConfigError(f"unknown answer format {self.format!r}; expected one of {', '.join(ANSWER_FORMATS)}")
+
+    def gold(self, solution: str) -> Answer:
+        """The gold answer written in a reference solution; DataError when it has none."""
+        if self.format == "gsm8k":
+            return extract_gold(solution)
+        boxed = extract_boxed(solution)
+        if boxed is None:
+            raise DataError(f"no \\boxed{{}} final answer in {solution[-80:]!r}")
+        return boxed
+
+    def extract(self, text: str, mode: Literal["strict", "flexible"] = "flexible") -> Answer | None:
+        """A model's final answer, or None."""
+        if self.format == "gsm8k":
+            return extract_answer(text, mode)
+        if mode not in ("strict", "flexible"):
+            raise ValueError(f"mode must be 'strict' or 'flexible', got {mode!r}")
+        boxed = extract_boxed(text)
+        if boxed is not None or mode == "strict":
+            return boxed
+        value = _last_number(text)
+        return None if value is None else format_answer(value)
+
+    def equivalent(self, pred: Answer | None, gold: Answer | None) -> bool:
+        """Whether `pred` is the same answer as `gold` (None never is)."""
+        return self.equivalent_many([(pred, gold)])[0]
+
+    def equivalent_many(self, pairs: Iterable[tuple[Answer | None, Answer | None]]) -> list[bool]:
+        """`equivalent` for many (pred, gold) pairs at once: one trip to math-verify's process off the main thread."""
+        pairs = list(pairs)
+        if self.format == "gsm8k":
+            return [gold is not None and answers_match(_float(pred), float(gold), self.tol) for pred, gold in pairs]
+        checked = [i for i, (pred, gold) in enumerate(pairs) if pred is not None and gold is not None]
+        verdicts = _boxed_equivalent_many([(str(pairs[i][0]), str(pairs[i][1])) for i in checked])
+        result = [False] * len(pairs)
+        for i, verdict in zip(checked, verdicts):
+            result[i] = verdict
+        return result
+
+    def label(self, text: str, gold: Answer) -> Label:
+        """Both readings of a completion and whether each matches `gold`."""
+        answer, strict = self.extract(text, "flexible"), self.extract(text, "strict")
+        correct_strict, correct_flexible = self.equivalent_many([(strict, gold), (answer, gold)])
+        return Label(answer, strict, correct_strict, correct_flexible)
+
+    def show(self, answer: Answer | None) -> str:
+        """An answer as text for people and JSON: `72`, `2.5`, `\\frac{1}{2}`; empty for None."""
+        if answer is None:
+            return ""
+        return answer if isinstance(answer, str) else format_answer(answer)
+
+
+def _float(value: Answer | None) -> float | None:
+    if value is None or isinstance(value, float):
+        return value
+    if isinstance(value, str):
+        return parse_number(value)
+    return float(value)
+
+
+def answer_checker(fmt: str = "gsm8k", tol: float = 1e-4) -> AnswerChecker:
+    """The checker for a dataset's answer format (`gsm8k` or `boxed`); ConfigError for any other."""
+    return AnswerChecker(fmt, tol)  # type: ignore[arg-type]

@@ -6,6 +6,13 @@ Formats (docs/architecture.md, "Problem files"):
   multiarith  json list `{"iIndex"?, "sQuestion", "lSolutions"}` (also AddSub and SingleEq)
   asdiv       xml `<Problem ID=..><Body/><Question/><Answer>9 (apples)</Answer></Problem>`; non-numeric
               answers are skipped and counted
+  math        jsonl `{"problem", "solution", "answer"?, "level"?, "type"?, "id"?}` (Hendrycks MATH); the gold
+              answer is `answer`, else the last `\\boxed{}` of `solution`; items with neither are skipped and
+              counted. Answers are LaTeX strings checked by the `boxed` answer checker.
+
+Every other format holds numbers checked by the `gsm8k` checker (`ProblemSet.answer_format` says which).
+`ProblemSet.calculator` is whether the data's rationales use `<<expr=result>>` annotations, the loader's
+answer to "should the calculator be on for this data".
 
 Errors name the file, the line (jsonl, xml) or item (json, xml; numbered from 1) and what is wrong.
 """
@@ -21,18 +28,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainers.core.answers import extract_gold, format_answer, parse_number
+from trainers.core.answers import Answer, AnswerFormat, answer_checker, extract_gold, format_answer, parse_number
 from trainers.core.files import atomic_write_text
 from trainers.core.errors import ConfigError, DataError
 
 # xml.etree is fine for trusted benchmark files; the cap keeps a wrong path from eating the machine.
 MAX_FILE_BYTES = 200 * 1024 * 1024
 
-FORMATS = ("auto", "gsm8k", "svamp", "multiarith", "addsub", "singleeq", "asdiv")
+FORMATS = ("auto", "gsm8k", "svamp", "multiarith", "addsub", "singleeq", "asdiv", "math")
 _ALIASES = {"addsub": "multiarith", "singleeq": "multiarith"}
 
 # An ASDiv answer is numeric when it is one number (or a/b), optionally followed by a unit in parentheses;
 # parse_number alone would read `2:3` or `7;2` as their first number.
+# A complete calculator annotation, as GSM8K writes them: `<<48/2=24>>`.
+_ANNOTATION = re.compile(r"<<[^<>]*=[^<>]*>>")
 _ASDIV_NUMERIC = re.compile(r"^\s*([-+]?(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?:\s*/\s*\d+)?)\s*(?:\([^()]*\))?\s*$")
 
 
@@ -40,14 +49,19 @@ _ASDIV_NUMERIC = re.compile(r"^\s*([-+]?(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?:\s*/\s*\d
 class Problem:
     """One math word problem.
 
-    `rationale` is the GSM8K-style solution text including its final `#### N` line, or None when the source
-    gives only the final answer (unlabeled data, SVAMP, MultiArith, ASDiv).
+    `rationale` is the solution text including its final answer (GSM8K's `#### N` line, MATH's `\\boxed{}`),
+    or None when the source gives only the final answer (unlabeled data, SVAMP, MultiArith, ASDiv).
+    `answer` is a float for the gsm8k answer format and a LaTeX string for boxed; `level` and `subject` are
+    MATH's `level` and `type` (None elsewhere).
     """
 
     id: str
     question: str
-    answer: float
+    answer: Answer
     rationale: str | None = None
+    answer_format: AnswerFormat = "gsm8k"
+    level: str | None = None
+    subject: str | None = None
 
 
 @dataclass
@@ -68,6 +82,22 @@ class ProblemSet:
     def __getitem__(self, index: int) -> Problem:
         return self.problems[index]
 
+    @property
+    def answer_format(self) -> AnswerFormat:
+        """How this data's answers are read and compared (`answer_checker(problems.answer_format)`)."""
+        return self.problems[0].answer_format if self.problems else "gsm8k"
+
+    @property
+    def calculator(self) -> bool:
+        """Whether decoding for this data should run the calculator: its rationales carry `<<expr=result>>`
+        annotations, which a model fine-tuned on them learns to write. gsm8k-format data with no rationales
+        at all (unlabeled questions, SVAMP, ASDiv) says nothing against it, so it stays on there; boxed data
+        (MATH) is never annotated, and an annotation-free calculator only risks rewriting stray `<<`."""
+        rationales = [p.rationale for p in self.problems if p.rationale is not None]
+        if not rationales:
+            return self.answer_format == "gsm8k"
+        return any(_ANNOTATION.search(r) for r in rationales)
+
 
 def load_problems(path: str | Path, fmt: str = "auto") -> ProblemSet:
     """Read a problem file in any supported format; `fmt="auto"` guesses from the extension and content.
@@ -83,6 +113,8 @@ def load_problems(path: str | Path, fmt: str = "auto") -> ProblemSet:
 
     if fmt == "asdiv":
         problems, reasons = _load_asdiv(path, text)
+    elif fmt == "math":
+        problems, reasons = _load_math_jsonl(path, text)
     elif fmt == "gsm8k" and (path.suffix.lower() == ".jsonl" or not stripped.startswith("[")):
         problems, reasons = _load_gsm8k_jsonl(path, text), []
     else:
@@ -92,7 +124,8 @@ def load_problems(path: str | Path, fmt: str = "auto") -> ProblemSet:
         problems, reasons = _load_json_items(path, fmt, items), []
 
     if not problems:
-        raise DataError(f"{path}: no usable problems ({len(reasons)} skipped)")
+        first = f"; first: {reasons[0]}" if reasons else ""
+        raise DataError(f"{path}: no usable problems ({len(reasons)} skipped{first})")
     _check_unique_ids(path, problems)
     return ProblemSet(problems=problems, skipped=len(reasons), source=str(path), skipped_reasons=reasons)
 
@@ -145,14 +178,24 @@ def _guess_format(path: Path, stripped: str) -> str:
     """Pick a format from the extension, else from the first character of the content."""
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        return "gsm8k"
+        return "math" if _looks_like_math(stripped) else "gsm8k"
     if suffix == ".xml" or stripped.startswith("<"):
         return "asdiv"
     if stripped.startswith("["):
         return "auto_json"  # decided from the first item's keys once the list is parsed
-    if stripped.startswith("{"):
-        return "gsm8k"  # one object per line, whatever the extension says
+    if stripped.startswith("{"):  # one object per line, whatever the extension says
+        return "math" if _looks_like_math(stripped) else "gsm8k"
     raise DataError(f"{path}: cannot tell the format from the extension or content; pass fmt=")
+
+
+def _looks_like_math(stripped: str) -> bool:
+    """A jsonl whose first object has MATH's `problem` and `solution` keys (and no GSM8K `question`)."""
+    first = stripped.split("\n", 1)[0]
+    try:
+        item = json.loads(first)
+    except json.JSONDecodeError:
+        return False  # the gsm8k reader reports the bad line
+    return isinstance(item, dict) and "problem" in item and "solution" in item and "question" not in item
 
 
 def _guess_json_format(path: Path, items: list[Any]) -> str:
@@ -193,6 +236,41 @@ def _load_gsm8k_jsonl(path: Path, text: str) -> list[Problem]:
             raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
         problems.append(_gsm8k_problem(item, where, default_id=f"{path.stem}-{number}"))
     return problems
+
+
+def _load_math_jsonl(path: Path, text: str) -> tuple[list[Problem], list[str]]:
+    problems, skipped = [], []
+    boxed = answer_checker("boxed")
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path} line {number}"
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+        item = _require_object(item, where)
+        question = _require_text(item, "problem", where)
+        solution = _require_text(item, "solution", where)
+        answer = item.get("answer")
+        if answer is not None and (not isinstance(answer, str) or not answer.strip()):
+            raise DataError(f"{where}: 'answer' must be a non-empty string")
+        try:
+            gold = answer.strip() if answer is not None else boxed.gold(solution)
+        except DataError:
+            skipped.append(f"line {number}: no \\boxed{{}} answer in 'solution' and no 'answer'")
+            continue
+        problems.append(Problem(_item_id(item, "id", where, f"{path.stem}-{number}"), question.strip(), gold,
+                                solution, "boxed", _optional_text(item, "level", where),
+                                _optional_text(item, "type", where)))
+    return problems, skipped
+
+
+def _optional_text(item: dict[str, Any], key: str, where: str) -> str | None:
+    value = item.get(key)
+    if value is not None and not isinstance(value, str):
+        raise DataError(f"{where}: {key!r} must be a string, got {type(value).__name__}")
+    return value
 
 
 def _load_json_items(path: Path, fmt: str, items: list[Any]) -> list[Problem]:
