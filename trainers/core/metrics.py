@@ -1,12 +1,13 @@
-"""Evaluation metrics: accuracy, pass@k (Chen et al. 2021) and majority vote (maj@k)."""
+"""Evaluation metrics: accuracy, pass@k (Chen et al. 2021) and majority vote (maj@k; its clusters are
+`trainers.core.rerank`'s, so maj@k and the re-ranking strategies count votes the same way)."""
 
 from __future__ import annotations
 
-import math
 import operator
 from typing import Sequence
 
-from trainers.core.answers import answers_match
+from trainers.core.answers import answer_checker, answers_match
+from trainers.core.rerank import cluster_answers
 
 __all__ = ["accuracy", "maj_at_k", "majority_vote", "pass_at_k"]
 
@@ -29,23 +30,10 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 def majority_vote(answers: Sequence[float | None], tol: float = 1e-4) -> tuple[float | None, int]:
     """The most common answer and its votes; answers within tol are one answer, ties go to the first seen."""
-    # Each group is represented by its first value; a later answer joins the first group it matches.
-    values: list[float] = []
-    votes: list[int] = []
-    for answer in answers:
-        if answer is None or math.isnan(answer):
-            continue
-        for i, value in enumerate(values):
-            if answers_match(answer, value, tol):
-                votes[i] += 1
-                break
-        else:
-            values.append(answer)
-            votes.append(1)
-    if not values:
+    clusters = cluster_answers(answers, answer_checker("gsm8k", tol))
+    if not clusters:
         return None, 0
-    best = max(range(len(values)), key=votes.__getitem__)  # max keeps the first of equal counts
-    return values[best], votes[best]
+    return float(clusters[0].answer), clusters[0].votes
 
 
 def maj_at_k(answers: Sequence[float | None], gold: float, k: int | None = None, tol: float = 1e-4) -> bool:
