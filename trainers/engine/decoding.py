@@ -24,7 +24,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from trainers.core.answers import final_answer_end
-from trainers.core.calculator import CalculatorError, calculate, pending_expression
+from trainers.engine.calculator_forcing import plan_forcing
 from trainers.engine.kv_slots import SlotCache
 
 
@@ -66,12 +66,14 @@ def token_ids_where(tokenizer: PreTrainedTokenizerBase, predicate: Callable[[str
 
 
 def equals_token_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
-    """Ids of every token whose text ends in '=': only after one of these can a row need the calculator."""
-    return token_ids_where(tokenizer, lambda t: t.endswith("="), "ends-with-equals")
+    """Ids of every token whose text holds an '=' (`=`, `)=`, `=$`): only after one of these can a row need
+    the calculator."""
+    return token_ids_where(tokenizer, lambda t: "=" in t, "has-equals")
 
 
 class RowCalculator:
-    """One row's calculator: after a token ending in '=', if the text ends in `<<expr=`, queue `result>>`."""
+    """One row's calculator: when its newest token closes `<<expr=`, the row writes `result>>` the way the
+    tokenizer encodes it (`calculator_forcing.py`): the newest token may be replaced, the rest is queued."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, enabled: bool = True) -> None:
         self.tokenizer = tokenizer
@@ -83,19 +85,17 @@ class RowCalculator:
     def forced_token(self) -> int | None:
         return self.queue.popleft() if self.queue else None
 
-    def observe(self, generated: Sequence[int]) -> None:
-        """Called after each new token of the row's generated ids."""
+    def observe(self, generated: list[int]) -> None:
+        """Called after each new token of the row's generated ids, before the model is fed that token: so
+        the calculator may still replace it (`generated[-1]`)."""
         if not self.enabled or self.queue or not generated or generated[-1] not in self.eq_token_ids:
             return
-        expr = pending_expression(self.tokenizer.decode(generated, skip_special_tokens=True))
-        if expr is None:
+        forcing = plan_forcing(self.tokenizer, generated)
+        if forcing is None:
             return
-        try:
-            result = calculate(expr)
-        except CalculatorError:
-            return  # the model keeps writing; a wrong result is then simply a wrong sample
-        self.queue.extend(self.tokenizer.encode(result + ">>", add_special_tokens=False))
-        self.overrides.append({"expr": expr, "result": result})
+        generated[-1] = forcing.ids[0]
+        self.queue.extend(forcing.ids[1:])
+        self.overrides.append({"expr": forcing.expr, "result": forcing.result})
 
 
 class _Row:

@@ -1,0 +1,240 @@
+"""The calculator under real-vocabulary tokenizers: `=`, `<<`, `>>` merged with their neighbours (`)=`, `=$`,
+` =<<`, `>>.`) and numbers in multi-digit pieces, for the three tokenizer kinds the presets declare.
+
+The tokenizers are trained by `build_tokenizer` on GSM8K's own text (the test set next to the checkout), so
+their merges are the ones GSM8K-trained vocabularies have. A row is driven the way `DecodeEngine` drives
+it: before each step the calculator's queue wins, else the model's next token; `observe` after each token.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from trainers.core.calculator import CalculatorError, calculate
+from trainers.data.synthetic import SyntheticTaskConfig, corpus_texts
+from trainers.engine.calculator_forcing import encode_after, plan_forcing
+from trainers.engine.decoding import DecodeEngine, Decoded, DecodeRequest, RowCalculator, equals_token_ids
+from trainers.models.scratch import (PRESETS, TOKENIZER_KINDS, build_preset_tokenizer, build_tokenizer,
+                                     model_config)
+
+KINDS = TOKENIZER_KINDS  # single-digits (tiny/small), gpt2 (llama-100m), llama3 (llama-100m-digits3)
+
+
+@pytest.fixture(scope="module")
+def gsm8k_texts(gsm8k_test_file) -> list[str]:
+    rows = [json.loads(line) for line in gsm8k_test_file.read_text().splitlines()]
+    return [f"{r['question']}\n{r['answer']}" for r in rows]
+
+
+@pytest.fixture(scope="module")
+def tokenizers(gsm8k_texts):
+    return {kind: build_tokenizer(gsm8k_texts, 4000, kind) for kind in KINDS}
+
+
+def _texts(tokenizer, ids) -> list[str]:
+    return [tokenizer.decode([i]) for i in ids]
+
+
+def drive(tokenizer, script: list[int]) -> tuple[list[int], RowCalculator, int]:
+    """Feed `script` (the model's tokens) to a row until the calculator's forcing is written or the script
+    ends; return the row's ids, its calculator, and how many of the script's tokens the row kept."""
+    calc = RowCalculator(tokenizer)
+    tokens: list[int] = []
+    taken = 0
+    while True:
+        token = calc.forced_token()
+        if token is None:
+            if calc.overrides or taken == len(script):
+                return tokens, calc, taken - 1 if calc.overrides else taken
+            token, taken = script[taken], taken + 1
+        tokens.append(token)
+        calc.observe(tokens)
+
+
+def check_forcing(tokenizer, head: str, expr: str, script: list[int]) -> bool:
+    """The model writes `script` (ids of a text that starts with `head + expr + '='`); after the row is
+    driven, its text is `head + expr + '=' + value + '>>'` and its ids are the tokenizer's own wherever the
+    model's committed tokens allow. Returns whether they are the tokenizer's encoding of the whole text."""
+    tokens, calc, kept = drive(tokenizer, script)
+    try:
+        value = calculate(expr)
+    except CalculatorError:  # refused: nothing forced, the model's text stands
+        assert calc.overrides == [] and tokens == script
+        return False
+    final = f"{head}{expr}={value}>>"
+    assert calc.overrides == [{"expr": expr, "result": value}]
+    assert tokenizer.decode(tokens) == final
+    assert tokens[:kept] == script[:kept]  # tokens already fed to the model never change
+    canonical = tokenizer.encode(final, add_special_tokens=False)
+    if canonical[:kept] == tokens[:kept]:
+        # the model wrote the text as the tokenizer does: so does the row, forced part included
+        assert tokens == canonical, (_texts(tokenizer, tokens), _texts(tokenizer, canonical))
+        return True
+    # a committed token ends where the tokenizer would merge across: the rest is encoded on its own
+    rest = final[len(tokenizer.decode(tokens[:kept])):]
+    assert tokens[kept:] in (tokenizer.encode(rest, add_special_tokens=False),
+                             canonical[len(canonical) - len(tokens) + kept:])
+    return False
+
+
+def test_presets_declare_their_tokenizer_and_the_realistic_ones_have_a_realistic_shape():
+    assert {p.tokenizer for name, p in PRESETS.items() if name in ("tiny", "small")} == {"single-digits"}
+    assert PRESETS["llama-100m"].tokenizer == "gpt2" and PRESETS["llama-100m-digits3"].tokenizer == "llama3"
+    tokenizer = build_preset_tokenizer("llama-100m", corpus_texts(SyntheticTaskConfig(seed=0), 300))
+    assert len(tokenizer) == 32000 and tokenizer.model_max_length == 2048
+    with torch.device("meta"):  # the shape, without allocating 100M random weights
+        from transformers import LlamaForCausalLM
+
+        model = LlamaForCausalLM(model_config(PRESETS["llama-100m"], tokenizer))
+    assert 90e6 < sum(p.numel() for p in model.parameters()) < 110e6
+    assert model.config.max_position_embeddings == 2048 and model.config.num_key_value_heads == 4
+    # the unused entries that fill the vocabulary decode as text and are never produced by encoding
+    assert tokenizer.decode([31999]) == "<unused31999>"
+    assert tokenizer.encode("<unused31999>", add_special_tokens=False) != [31999]
+
+
+def test_tokenizer_kinds_split_numbers_like_their_families(tokenizers):
+    def longest_digit_run(kind: str) -> int:
+        texts = _texts(tokenizers[kind], range(len(tokenizers[kind])))
+        return max(len(run) for t in texts for run in re.findall(r"\d+", t) or [""])
+
+    assert longest_digit_run("single-digits") == 1
+    assert longest_digit_run("llama3") == 3  # Llama-3's pattern cuts digit runs into chunks of at most 3
+    assert longest_digit_run("gpt2") > 3  # GPT-2's lets BPE merge a whole run
+    pieces = tokenizers["llama3"].backend_tokenizer.pre_tokenizer.pre_tokenize_str("1234567")
+    assert [piece for piece, _ in pieces] == ["123", "456", "7"]
+    for kind in KINDS:  # GSM8K-trained vocabularies merge the annotation's marks with their neighbours
+        merged = {t for t in _texts(tokenizers[kind], equals_token_ids(tokenizers[kind])) if t != "="}
+        assert {")=", "=$", "=.", " =<<"} <= merged, kind
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("head, expr, after", [
+    ("She earned 0.2 x 50 = $<<", "0.2*50", "$10>>10"),   # the model's `=$` is replaced by `=`
+    ("The total is <<", "3*(4+12)", "48>>48."),           # `)=` closes the expression
+    ("Natalia sold 48/2 =<<", "48/2", "24>>24 clips"),    # ` =<<` opened the annotation
+    ("He has <<", "1234*5678", "7006652>>"),               # a result of several multi-digit pieces
+    ("It drops by <<", "3-8", "-5>>"),                     # a negative result
+    ("Each gets <<", "1/8", ".125>>"),                     # `=.`: GSM8K's leading-dot decimals
+    ("<<", "$1,200*3", "3600>>"),                          # `$` and thousands separators in the expression
+])
+def test_forcing_writes_the_result_as_the_tokenizer_encodes_it(tokenizers, kind, head, expr, after):
+    tokenizer = tokenizers[kind]
+    script = tokenizer.encode(f"{head}{expr}={after}", add_special_tokens=False)
+    assert check_forcing(tokenizer, head, expr, script)  # a model that writes like the tokenizer
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_boundary_the_model_committed_stays_and_the_rest_is_the_tokenizers(tokenizers, kind):
+    """The model wrote `)` and `=$` where the tokenizer has `)=`: the `)` is already in the model's cache, so
+    the row keeps it, and `=$` is replaced by `=51>>` as the tokenizer encodes it on its own."""
+    tokenizer = tokenizers[kind]
+    enc = lambda s: tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
+    script = enc("Total: <<(3+4*12") + enc(")") + enc("=$")
+    assert len(enc(")=")) == len(enc("=$")) == 1  # the tokenizer would have merged both
+    tokens, calc, kept = drive(tokenizer, script)
+    assert tokens[:kept] == script[:-1]
+    assert tokenizer.decode(tokens) == "Total: <<(3+4*12)=51>>"
+    assert tokens[kept:] == enc("=51>>") and calc.overrides == [{"expr": "(3+4*12)", "result": "51"}]
+
+
+def test_forcing_replaces_only_a_token_that_closes_an_open_annotation(tokenizers):
+    tokenizer = tokenizers["gpt2"]
+    enc = lambda s: tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
+    for text in ["48/2 =<<", "So 3+4 = 7", "<<2*3=6>>6 and 6/2 =", "<<2*3=6>> =$", "<<=", "<<1/0=", "<<2*3"]:
+        assert plan_forcing(tokenizer, enc(text)) is None, text
+    head = "Weng earns 12/60 = $<<12/60"
+    script = enc(head + "=$")
+    forcing = plan_forcing(tokenizer, script)
+    assert (forcing.expr, forcing.result) == ("12/60", "0.2")
+    assert tokenizer.decode(script[:-1]) == head and tokenizer.decode(forcing.ids) == "=0.2>>"
+    assert script[:-1] + forcing.ids == enc(head + "=0.2>>")
+    # where the tokenizer would merge across the committed end, the continuation is encoded on its own
+    assert encode_after(tokenizer, "<<(1+1", ")=2>>") == enc(")=2>>")
+    assert encode_after(tokenizer, "<<(1+1)", "=2>>") == enc("=2>>")
+
+
+NUMBERS = st.one_of(
+    st.integers(0, 10**7).map(str),
+    st.tuples(st.integers(0, 999), st.integers(1, 99)).map(lambda t: f"{t[0]}.{t[1]}"),
+    st.integers(1, 99).map(lambda n: f".{n}"),
+    st.integers(1000, 999999).map(lambda n: f"${n:,}"),
+)
+OPERATORS = st.sampled_from(["+", "-", "*", "/", " + ", " * "])
+
+
+@st.composite
+def expressions(draw, depth: int = 2) -> str:
+    if depth == 0 or draw(st.booleans()):
+        return draw(NUMBERS)
+    left, right = draw(expressions(depth - 1)), draw(expressions(depth - 1))
+    expr = f"{left}{draw(OPERATORS)}{right}"
+    return f"({expr})" if draw(st.booleans()) else expr
+
+
+HEADS = st.sampled_from(["", "So ", "Natalia sold 48/2 = ", "She earned 0.2 x 50 = $", "He has 12 apples, ",
+                         "Total:\n", "The price is $"])
+OPENINGS = st.sampled_from(["<<", " <<", "$<<", " $<<", "=<<", " =<<"])
+AFTERS = st.sampled_from(["", "$", ".", " ", "5>>5", "$<<", "12>>12.", "=", ">>", "\n"])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(head=HEADS, opening=OPENINGS, expr=expressions(), after=AFTERS, data=st.data())
+def test_forcing_holds_for_random_annotations_and_model_spellings(tokenizers, kind, head, opening, expr,
+                                                                   after, data):
+    """Random expressions in random contexts, written by the model either as the tokenizer would or split
+    at random points (a model may spell text in any tokens): the row always ends in `<<expr=value>>`, and
+    its ids are the tokenizer's own wherever the model's committed tokens allow."""
+    tokenizer = tokenizers[kind]
+    written = f"{head}{opening}{expr}={after}"
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(written) - 1), max_size=4), label="cuts"))
+    script = [i for a, b in zip([0, *cuts], [*cuts, len(written)])
+              for i in tokenizer.encode(written[a:b], add_special_tokens=False)]
+    check_forcing(tokenizer, head + opening, expr, script)
+
+
+def test_the_engine_feeds_the_model_the_token_that_replaced_its_own(tokenizers):
+    """Through the real engine: a tiny Llama that learned to write `=$` inside an annotation has its `=$`
+    replaced by `=` and the result. What it writes after the forced `>>` is its greedy choice after the row's
+    final ids, recomputed without a cache: the cache held the replacement, not the token the model chose."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = tokenizers["gpt2"]
+    prompt = "Q: Weng earns $12 an hour for 5 hours. How much does she earn?\nA:"
+    ids = torch.tensor([tokenizer.encode(prompt + " 12*5 = $<<12*5=$70>>70 dollars.\n#### 70")])
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-2)
+    for _ in range(150):  # memorise the one answer
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if loss.item() < 0.02:
+            break
+    model.eval()
+
+    engine = DecodeEngine(model, tokenizer, max_batch=2)
+    results: dict[int, Decoded] = {}
+    engine.add([DecodeRequest(prompt=prompt, max_new_tokens=14),
+                DecodeRequest(prompt=prompt, max_new_tokens=14, calculator=False)], results.__setitem__)
+    row = engine.waiting[0][0]
+    engine.run()
+    assert results[1].text.startswith("12*5 = $<<12*5=$70>>70")  # what the model writes on its own
+    assert results[0].text.startswith("12*5 = $<<12*5=60>>")
+    assert results[0].calculator_overrides == [{"expr": "12*5", "result": "60"}]
+    prompt_ids = tokenizer.encode(prompt)
+    free = next(k for k in range(len(row.tokens)) if tokenizer.decode(row.tokens[:k]).endswith("=60>>"))
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt_ids + row.tokens])).logits[0]
+    greedy = logits[len(prompt_ids) - 1:-1].argmax(-1).tolist()
+    assert free < len(row.tokens) and row.tokens[free:] == greedy[free:]
