@@ -1,6 +1,7 @@
 """`dpost`: run, submit and operate DPO-augmented self-training on Ray.
 
     dpost run configs/demo.yaml                 # embedded: local Ray, the loop, then serve the result
+    dpost experiment configs/matrix/paper.yaml  # methods x seeds, paired, with 95% intervals
     dpost submit configs/x.yaml --address http://HEAD:8265
     dpost status [RUN]    dpost scale solver 3    dpost solve "question"    dpost rollback sft-0
     dpost eval --checkpoint runs/demo/checkpoints/sft-1 --data test.jsonl
@@ -50,8 +51,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """The console shows the run's stage lines, one bar for the stage in flight, and the accuracy table;
     everything else goes to the run directory's logs/ (this process's output to driver.log, the Ray
     processes' logs through the `ray` link)."""
-    import ray
-
+    from cluster.aggregate import gain_lines
     from cluster.config import load_config
     from cluster.console import Console
     from cluster.job import drive
@@ -66,19 +66,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.address:
             connect(args.address)
         else:
-            from services.config import apply_serve_env
-
-            apply_serve_env()
-            # "local": always a fresh cluster; a bare ray.init() would join whatever /tmp/ray last recorded
-            context = ray.init(address="local", include_dashboard=False, namespace="dpost", log_to_driver=False,
-                               runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}})
-            _link(logs / "ray", Path(context.address_info["session_dir"]) / "logs")
+            _start_local_ray(logs)
         started = time.time()
         console.print(f"dpost: run {config.name} ({config.mode}, {config.iterations} iteration(s)) in "
                       f"{config.run_dir}; logs in {logs}")
         result = drive(config, detached=bool(args.address), console=console)
         console.print(f"dpost: finished in {(time.time() - started) / 60:.1f} min\n")
-        for line in accuracy_table(json.loads((Path(result["run_dir"]) / "manifest.json").read_text())):
+        manifest = json.loads((Path(result["run_dir"]) / "manifest.json").read_text())
+        for line in accuracy_table(manifest) + [""] + gain_lines(manifest):
             console.print(line)
         url = f"http://{config.serving.host}:{config.serving.port}"
         console.print(f"\nThe solver serves {result['live'].get('solver')} at {url}. Try:\n"
@@ -93,6 +88,54 @@ def cmd_run(args: argparse.Namespace) -> int:
                 time.sleep(3600)
         except KeyboardInterrupt:
             return 0
+
+
+def _start_local_ray(logs: Path) -> None:
+    """A fresh local cluster ("local": a bare ray.init() would join whatever /tmp/ray last recorded), its
+    logs linked from the run directory."""
+    import ray
+
+    from services.config import apply_serve_env
+
+    apply_serve_env()
+    context = ray.init(address="local", include_dashboard=False, namespace="dpost", log_to_driver=False,
+                       runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}})
+    _link(logs / "ray", Path(context.address_info["session_dir"]) / "logs")
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    """Every cell of the matrix in turn on one cluster (started when the first unfinished cell needs it), then
+    the aggregate: results JSON, Markdown report and figures."""
+    from cluster.aggregate import markdown, write_outputs
+    from cluster.console import Console
+    from cluster.experiment import load_experiment, run_experiment
+    from cluster.job import drive
+
+    experiment, base = load_experiment(args.file)
+    started = time.time()
+
+    def run_cell(config: Any) -> None:
+        logs = config.run_dir / "logs"
+        with Console.to_log_file(logs / "driver.log") as console:
+            if args.address:
+                connect(args.address)
+            elif not _ray_initialized():
+                _start_local_ray(logs)
+            drive(config, detached=bool(args.address), console=console)
+
+    cells = run_experiment(experiment, base, run_cell)
+    doc = write_outputs(experiment, cells)
+    print(f"dpost: experiment {experiment.name}: {len(cells)} cells in {experiment.folder} "
+          f"({(time.time() - started) / 60:.1f} min this time); wrote {experiment.results_json} and "
+          f"{experiment.report_md}")
+    print(markdown(doc, {}), end="")
+    return 0
+
+
+def _ray_initialized() -> bool:
+    import ray
+
+    return ray.is_initialized()
 
 
 def _link(link: Path, target: Path) -> None:
@@ -275,6 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="join this Ray cluster instead of starting a local one")
     p.add_argument("--name", help="override the run name (the run directory)")
     p.add_argument("--exit-when-done", action="store_true", help="do not keep serving after the run")
+
+    p = add("experiment", cmd_experiment, "run a matrix of methods x seeds (cluster/experiment.py), then write "
+                                          "the results with 95% intervals")
+    p.add_argument("file", help="experiment YAML")
+    p.add_argument("--address", help="join this Ray cluster instead of starting a local one")
 
     p = add("submit", cmd_submit, "submit a run to a Ray cluster through the Jobs API")
     p.add_argument("config")

@@ -36,6 +36,13 @@ TrainingPreset = Literal[PRESET_NAMES]  # type: ignore[valid-type]
 SPLIT_FILES = ("labeled", "unlabeled", "dev", "test")
 
 
+def plain_folder_name(name: str) -> str:
+    """A run's (or experiment's) name is its folder: one path component, not hidden."""
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"must be a plain folder name, got {name!r}")
+    return name
+
+
 def _checks_files(info: ValidationInfo) -> bool:
     """Paths are checked unless the caller says they exist only elsewhere (`dpost submit`: on the cluster)."""
     return (info.context or {}).get("check_files", True)
@@ -164,6 +171,8 @@ class EvaluationSection(BaseModel):
                                                                   "live one to be promoted (a fraction).")
     max_new_tokens: int = Field(MAX_NEW_TOKENS, ge=1, description="Most tokens a greedy answer may have.")
     evaluate_test: bool = Field(True, description="Evaluate every model on test too, for the report.")
+    calculator_ablation: bool = Field(False, description="Also evaluate every model on test without the "
+                                                         "calculator (the paper's Fig. 7).")
 
 
 class StorageSection(BaseModel):
@@ -195,7 +204,8 @@ class RunConfig(BaseModel):
     name: str = Field("run", description="The run's name: its folder under storage.root and its model labels.")
     mode: Mode = Field("dpo-st", description="dpo-st: a DPO step before each sampling round; st: plain "
                                              "self-training; rft: one round of rejection-sampling fine-tuning.")
-    iterations: int = Field(1, ge=1, description="Self-training iterations after the warm-up.")
+    iterations: int = Field(1, ge=0, description="Self-training iterations after the warm-up; 0: the warm-up "
+                                                 "model only (the SFT baseline, in every mode).")
     seed: int = Field(0, ge=0, description="Seeds sampling, and (unless they set their own) training.sft, "
                                            "training.dpo and the synthetic task.")
     model: ModelSection = Field(default_factory=ModelSection)
@@ -223,12 +233,7 @@ class RunConfig(BaseModel):
                 raw[section] = {**outer, key: {**inner, "seed": raw.get("seed", 0)}}
         return raw
 
-    @field_validator("name")
-    @classmethod
-    def _plain_folder_name(cls, name: str) -> str:
-        if not name or "/" in name or name.startswith("."):
-            raise ValueError(f"must be a plain folder name, got {name!r}")
-        return name
+    _plain_folder_name = field_validator("name")(plain_folder_name)
 
     @property
     def run_dir(self) -> Path:
@@ -265,16 +270,19 @@ def parse_config(raw: Any, where: str = "config", check_files: bool = True) -> R
         raise config_error(exc, RunConfig, where) from None
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None, check_files: bool = True
-                ) -> RunConfig:
-    path = Path(path)
+def read_yaml_file(path: str | Path) -> Any:
+    """A config file's YAML (None when empty); a missing file or bad YAML is a one-line ConfigError."""
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    raw = raw or {}
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None, check_files: bool = True
+                ) -> RunConfig:
+    raw = read_yaml_file(path) or {}
     if isinstance(raw, dict):
         raw.update(overrides or {})
     return parse_config(raw, where=str(path), check_files=check_files)

@@ -9,6 +9,9 @@
         f  = SFT(f0, L)                                                # SFT step: from the BASE model
         evaluate(f) on dev; promote f to the live solver if it is at least as good as the live model
 
+Mode `st` skips the DPO step; mode `rft` runs one round of rejection-sampling fine-tuning instead of the loop;
+`iterations: 0` stops after the warm-up (the SFT baseline).
+
 Every line is a stage (cluster/stages.py) whose outputs are files in the run directory; a stage already
 done is skipped, so a restarted coordinator resumes at the first unfinished one.
 """
@@ -37,6 +40,8 @@ def self_training(config: RunConfig, run: RunDir, progress: Progress) -> dict[st
     pseudo: list[str] = []  # L = labeled + every S so far
 
     f = warm_up = sft_step(config, run, f0, labeled, pseudo, "sft-0", progress, reuse=config.model.warmup)
+    if config.iterations == 0:  # the SFT baseline: the warm-up model is the result
+        return finish(config, run, progress)
     if config.mode == "rft":
         return rejection_sampling_fine_tuning(config, run, f0, labeled, warm_up, data, progress)
 

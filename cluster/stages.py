@@ -214,23 +214,28 @@ def train(config: RunConfig, run: RunDir, kind: str, version: str, model_path: s
 
 def evaluate_version(config: RunConfig, run: RunDir, version: str, checkpoint: str, data: dict[str, Any],
                      progress: ProgressFn | None = None) -> dict[str, Any]:
-    """Greedy accuracy (strict `#### N`, with the calculator) on dev, and on test for the report; each split's
-    per-question items go to `eval-<version>-<split>.jsonl`."""
+    """Greedy accuracy (strict `#### N`, with the calculator) on dev, and on test for the report (with
+    `evaluation.calculator_ablation`, on test without the calculator too); each evaluation's per-question items
+    (`correct` per question, what experiments bootstrap over) go to `eval-<version>-<split>.jsonl`."""
     out: dict[str, Any] = {}
-    splits = ["dev"] + (["test"] if config.evaluation.evaluate_test else [])
-    for split in splits:
+    evaluations = [("dev", config.sampling.calculator)]
+    if config.evaluation.evaluate_test:
+        evaluations.append(("test", config.sampling.calculator))
+        if config.evaluation.calculator_ablation and config.sampling.calculator:
+            evaluations.append(("test", False))
+    for split, calculator in evaluations:
         problems = load_problems(data[f"{split}_path"]).problems
         limit = getattr(config.data, f"{split}_limit")
         problems = problems[:limit] if limit else problems
-        name = f"eval-{version}-{split}"
+        key = split if calculator == config.sampling.calculator else f"{split}_no_calculator"  # test_no_calculator
+        name = f"eval-{version}-{key.replace('_', '-')}"
         # one decode_fn call for the whole split: the pool spreads its chunks over every replica
-        eval_config = EvalConfig(max_new_tokens=config.evaluation.max_new_tokens,
-                                 calculator=config.sampling.calculator, batch_size=max(1, len(problems)),
-                                 model=checkpoint)
+        eval_config = EvalConfig(max_new_tokens=config.evaluation.max_new_tokens, calculator=calculator,
+                                 batch_size=max(1, len(problems)), model=checkpoint)
         decode = _rollout_decoder(config, version, checkpoint, name, len(problems), progress)
         items, metrics = evaluate_problems(problems, decode, eval_config, model_version(config.name, version))
-        out[f"{split}_accuracy"] = metrics["greedy_strict"]
-        out[f"{split}_path"] = str(write_jsonl(run.data / f"{name}.jsonl", items))
+        out[f"{key}_accuracy"] = metrics["greedy_strict"]
+        out[f"{key}_path"] = str(write_jsonl(run.data / f"{name}.jsonl", items))
     run.record_scores(version, checkpoint, {k: v for k, v in out.items() if k.endswith("accuracy")})
     return out
 
