@@ -1,26 +1,35 @@
 """The public solver API: a FastAPI ingress on Ray Serve in front of the `solver` pool.
 
+    POST /v1/solve               a question -> the answer, its rationale, and for several samples their clusters
+    POST /v1/completions         OpenAI completions (prompt as given), `stream: true` as server-sent events
+    POST /v1/chat/completions    OpenAI chat: the last user message is the question, in dpost's prompt format
+    GET  /v1/models, /v1/model, /healthz
+
 Read-only by design: nothing here changes state (no swap, rollback, scale or job control), so the public
 port never needs credentials. Every error is a 4xx/5xx with a JSON body `{"error": {"message", "type"}}`,
-the shape OpenAI clients expect.
+the shape OpenAI clients expect; the bodies are declared in services/api_schema.py (`/openapi.json`).
 """
 
 # no `from __future__ import annotations`: FastAPI must see the body models as real classes
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services import metrics
+from services.api_schema import (ERRORS, OPENAI_ERRORS, STREAM, ChatCompletion, ChatCompletionRequest, Completion,
+                                 CompletionRequest, Health, ModelList, ModelStatus, SolveRequest, SolveResponse,
+                                 unsupported_fields)
 from services.config import ServingConfig
 from services.registry import get_registry
+from services.streaming import TextStream, sse
 from services.web import router as web_router
 from trainers.core.answers import answers_match, cut_after_answer, extract_answer, format_answer
 from trainers.core.metrics import majority_vote
@@ -51,25 +60,40 @@ async def _internal(request: Request, exc: Exception) -> JSONResponse:
     return _error(503, f"the solver could not answer: {type(exc).__name__}", "server_error")
 
 
-class SolveRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    question: StrictStr = Field(min_length=1)
-    strategy: Literal["greedy", "majority"] = "greedy"
-    n: StrictInt = Field(default=1, ge=1)
-    temperature: StrictFloat | StrictInt | None = Field(default=None, ge=0, le=2)
-    calculator: bool = True
+def _unsupported(body: Any, endpoint: str) -> JSONResponse | None:
+    names = unsupported_fields(body, endpoint)
+    if names:
+        return _error(400, f"unsupported field{'s' if len(names) > 1 else ''} {', '.join(names)}: dpost's solver "
+                           f"does not implement {'them' if len(names) > 1 else 'it'} (send the default or leave "
+                           f"{'them' if len(names) > 1 else 'it'} out)", "invalid_request_error")
+    return None
 
 
-class CompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")  # OpenAI clients send fields we do not use
-    model: StrictStr | None = None
-    prompt: StrictStr | list[StrictStr]
-    max_tokens: StrictInt | None = Field(default=None, ge=1)
-    temperature: StrictFloat | StrictInt = Field(default=1.0, ge=0, le=2)
-    top_p: StrictFloat | StrictInt = Field(default=1.0, gt=0, le=1)
-    n: StrictInt = Field(default=1, ge=1)
-    seed: StrictInt | None = None
-    stream: bool = False
+def _random_seed() -> int:
+    return uuid.uuid4().int & 0x7FFFFFFF
+
+
+def clusters(texts: list[str], answers: list[float | None], overrides: list[list[dict[str, str]]]
+             ) -> list[dict[str, Any]]:
+    """Samples grouped by final answer, most votes first: the majority vote, then the majority of the rest,
+    and so on (ties go to the first seen, as in `majority_vote`)."""
+    left = list(range(len(texts)))
+    found = []
+    while True:
+        winner, votes = majority_vote([answers[i] for i in left])
+        if winner is None:
+            return found
+        members = [i for i in left if answers_match(answers[i], winner)]
+        found.append({"answer": format_answer(winner), "votes": votes, "rationale": texts[members[0]],
+                      "calculator_overrides": overrides[members[0]]})
+        left = [i for i in left if i not in members]
+
+
+def _usage(outputs: list[dict[str, Any]], n: int) -> dict[str, int]:
+    """OpenAI's usage: each prompt counted once however many samples it had (rows are prompt-major)."""
+    prompt = sum(o["prompt_tokens"] for o in outputs[::n])
+    completion = sum(o["num_tokens"] for o in outputs)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 @serve.deployment(name="SolverAPI")
@@ -93,68 +117,143 @@ class SolverAPI:
             return _error(422, f"n: at most {self.limits.max_n}", "invalid_request_error")
         return None
 
-    @app.post("/v1/solve")
+    @app.post("/v1/solve", responses={200: {"model": SolveResponse}, **ERRORS})
     async def solve(self, body: SolveRequest) -> Any:
+        started = time.monotonic()
         bad = self._check_text(body.question, "question") or self._check_n(body.n)
         if bad:
             return bad
         n = 1 if body.strategy == "greedy" else body.n
         temperature = 0.0 if body.strategy == "greedy" else (0.7 if body.temperature is None else body.temperature)
-        seed = uuid.uuid4().int & 0x7FFFFFFF
+        seed = _random_seed()
         rows = [{"prompt": format_prompt(body.question), "temperature": float(temperature),
                  "max_new_tokens": self.limits.max_new_tokens, "calculator": body.calculator, "seed": seed + k}
                 for k in range(n)]
         result = await self.sampler.generate.remote(rows)
-        texts = [cut_after_answer(o["text"]) for o in result["outputs"]]
+        outputs = result["outputs"]
+        texts = [cut_after_answer(o["text"]) for o in outputs]
         answers = [extract_answer(t) for t in texts]
-        winner, votes = majority_vote(answers)
-        rationale = next((t for t, a in zip(texts, answers) if winner is not None and answers_match(a, winner)),
-                         texts[0])
-        return {"answer": format_answer(winner) if winner is not None else None, "rationale": rationale,
-                "votes": votes, "n": n, "model_version": result["model_version"]}
+        groups = clusters(texts, answers, [o["calculator_overrides"] for o in outputs])
+        best = groups[0] if groups else {"answer": None, "votes": 0, "rationale": texts[0],
+                                         "calculator_overrides": outputs[0]["calculator_overrides"]}
+        metrics.record_answer("solve", body.strategy, time.monotonic() - started)
+        return {**best, "n": n, "model_version": result["model_version"], "clusters": groups}
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", responses={200: {"model": Completion, "content": STREAM}, **OPENAI_ERRORS})
     async def completions(self, body: CompletionRequest) -> Any:
-        if body.stream:
-            return _error(400, "stream: streaming is not supported", "invalid_request_error")
+        started = time.monotonic()
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        if not prompts:
-            return _error(422, "prompt: must not be empty", "invalid_request_error")
+        bad = _unsupported(body, "completions")
+        if not bad and not prompts:
+            bad = _error(422, "prompt: must not be empty", "invalid_request_error")
         for p in prompts:
-            bad = self._check_text(p, "prompt")
-            if bad:
-                return bad
-        bad = self._check_n(body.n * len(prompts))
+            bad = bad or self._check_text(p, "prompt")
+        bad = bad or self._check_n(body.n * len(prompts))
         if bad:
             return bad
-        seed = body.seed if body.seed is not None else uuid.uuid4().int & 0x7FFFFFFF
-        max_tokens = min(body.max_tokens or 16, self.limits.max_new_tokens)
-        rows = [{"prompt": p, "temperature": float(body.temperature), "top_p": float(body.top_p),
-                 "max_new_tokens": max_tokens, "calculator": True, "seed": seed + i}
-                for i, p in enumerate(p for p in prompts for _ in range(body.n))]
+        rows = self._rows(prompts, body, body.max_tokens or 16)
+        strategy = "greedy" if body.temperature == 0 else "sample"
+        if body.stream:
+            return await self._stream("completions", strategy, rows, body, started)
         result = await self.sampler.generate.remote(rows)
-        choices = [{"text": o["text"] if not o["text"] else " " + o["text"], "index": i, "logprobs": None,
-                    "finish_reason": o["finish_reason"]} for i, o in enumerate(result["outputs"])]
-        completion_tokens = sum(o["num_tokens"] for o in result["outputs"])
+        outputs = result["outputs"]
+        choices = [{"text": " " + o["text"] if o["text"] else "", "index": i, "logprobs": None,
+                    "finish_reason": o["finish_reason"], "calculator_overrides": o["calculator_overrides"]}
+                   for i, o in enumerate(outputs)]
+        metrics.record_answer("completions", strategy, time.monotonic() - started)
         return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": int(time.time()),
-                "model": result["model_version"], "choices": choices,
-                "usage": {"prompt_tokens": 0, "completion_tokens": completion_tokens,
-                          "total_tokens": completion_tokens}}
+                "model": result["model_version"], "choices": choices, "usage": _usage(outputs, body.n)}
 
-    @app.get("/v1/models")
+    @app.post("/v1/chat/completions", responses={200: {"model": ChatCompletion, "content": STREAM},
+                                                 **OPENAI_ERRORS})
+    async def chat_completions(self, body: ChatCompletionRequest) -> Any:
+        started = time.monotonic()
+        last = body.messages[-1]
+        parts = [last.content] if isinstance(last.content, str) else last.content or []
+        kinds = sorted({p.type for p in parts if not isinstance(p, str) and p.type != "text"})
+        bad = _unsupported(body, "chat")
+        if not bad and last.role != "user":
+            bad = _error(422, f"messages: the last message must be the user's question, not {last.role!r}",
+                         "invalid_request_error")
+        if not bad and kinds:
+            bad = _error(400, f"messages: content parts of type {', '.join(kinds)} are not supported (text only)",
+                         "invalid_request_error")
+        question = "\n".join(p if isinstance(p, str) else p.text or "" for p in parts)
+        bad = bad or self._check_text(question, "messages") or self._check_n(body.n)
+        if bad:
+            return bad
+        max_tokens = body.max_completion_tokens or body.max_tokens or self.limits.max_new_tokens
+        rows = self._rows([format_prompt(question)], body, max_tokens)
+        strategy = "greedy" if body.temperature == 0 else "sample"
+        if body.stream:
+            return await self._stream("chat", strategy, rows, body, started)
+        result = await self.sampler.generate.remote(rows)
+        outputs = result["outputs"]
+        choices = [{"index": i, "message": {"role": "assistant", "content": o["text"]}, "logprobs": None,
+                    "finish_reason": o["finish_reason"], "calculator_overrides": o["calculator_overrides"]}
+                   for i, o in enumerate(outputs)]
+        metrics.record_answer("chat", strategy, time.monotonic() - started)
+        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+                "model": result["model_version"], "choices": choices, "usage": _usage(outputs, body.n)}
+
+    def _rows(self, prompts: list[str], body: Any, max_tokens: int) -> list[dict[str, Any]]:
+        """`body.n` rows per prompt, prompt-major, each with its own seed (OpenAI's `seed` makes them repeat)."""
+        seed = body.seed if body.seed is not None else _random_seed()
+        return [{"prompt": p, "temperature": float(body.temperature), "top_p": float(body.top_p),
+                 "max_new_tokens": min(max_tokens, self.limits.max_new_tokens), "calculator": True,
+                 "seed": seed + i}
+                for i, p in enumerate(p for p in prompts for _ in range(body.n))]
+
+    async def _stream(self, endpoint: str, strategy: str, rows: list[dict[str, Any]], body: Any,
+                      started: float) -> StreamingResponse:
+        """Answer as server-sent events while the sampler decodes. The first item (the model version) is
+        awaited here, so a sampler that cannot answer at all still gets a JSON error, not a broken stream."""
+        items = self.sampler.options(stream=True).generate_stream.remote(rows)
+        head = await items.__anext__()
+        stream = TextStream(endpoint, head["model_version"], len(rows), leading_space=endpoint == "completions")
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+        async def events() -> AsyncIterator[str]:
+            first_text = True
+            try:
+                for chunk in stream.opening():
+                    yield sse(chunk)
+                async for item in items:
+                    if "outputs" in item:  # the last item
+                        for chunk in stream.closing(item["outputs"]):
+                            yield sse(chunk)
+                        if include_usage:
+                            yield sse(stream.usage(_usage(item["outputs"], body.n)))
+                        continue
+                    for chunk in stream.pieces(item["pieces"]):
+                        if first_text:
+                            metrics.first_text().observe(time.monotonic() - started, tags={"endpoint": endpoint})
+                            first_text = False
+                        yield sse(chunk)
+            except Exception as exc:  # the headers are out: the error can only travel as an event
+                yield sse({"error": {"message": f"the solver could not answer: {type(exc).__name__}",
+                                     "type": "server_error"}})
+                return
+            metrics.record_answer(endpoint, strategy, time.monotonic() - started, stream=True)
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    @app.get("/v1/models", responses={200: {"model": ModelList}, 503: ERRORS[503]})
     async def models(self) -> Any:
         status = await self.registry.status.remote("solver")
         version = status["version"] or "none"
         return {"object": "list", "data": [{"id": version, "object": "model", "created": 0, "owned_by": "dpost"}]}
 
-    @app.get("/v1/model")
+    @app.get("/v1/model", responses={200: {"model": ModelStatus}, 503: ERRORS[503]})
     async def model(self) -> Any:
         status = await self.registry.status.remote("solver")
         return {"pool": "solver", "model_version": status["version"], "checkpoint": status["checkpoint"],
                 "replicas": {rid: r["version"] for rid, r in status["replicas"].items()},
                 "history": [h["version"] for h in status["history"]]}
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses={200: {"model": Health}, 503: ERRORS[503]})
     async def healthz(self) -> Any:
         status = await self.registry.status.remote("solver")
         return {"status": "ok", "model_version": status["version"]}
+

@@ -5,6 +5,9 @@ instead of waiting for the running batch to end, so the replica stays full under
 per policy snapshot: after a hot swap new requests go to the new model's engine while rows in flight finish
 on the model they started with (each answer keeps its true `model_version`); the old engine is dropped when
 it has no rows left. Everything runs on one thread, so two models never fight over the replica's cores.
+
+A streaming request also gets its rows' text as it grows: the pieces one engine step produced for a request
+are handed to its event loop together, once per step, and always before the request's result.
 """
 
 from __future__ import annotations
@@ -14,12 +17,15 @@ import logging
 import queue
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from trainers.engine.decoding import DecodeEngine, Decoded, DecodeRequest
 from trainers.models.checkpoints import Policy
 
 logger = logging.getLogger("ray.serve")
+
+# One piece of a streaming row's text: (row index in the request, text, calculator override or None).
+TextPiece = tuple[int, str, "dict[str, str] | None"]
 
 
 @dataclass(eq=False)
@@ -28,21 +34,38 @@ class _Job:
     requests: Sequence[DecodeRequest]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
+    on_pieces: Callable[[list[TextPiece]], None] | None = None  # called on `loop`
     results: list[Decoded | None] = field(init=False)
     remaining: int = field(init=False)
+    pieces: list[TextPiece] = field(init=False, default_factory=list)  # produced since the last hand-over
 
     def __post_init__(self) -> None:
         self.results = [None] * len(self.requests)
         self.remaining = len(self.requests)
 
+    def text(self, index: int, piece: str, override: dict[str, str] | None) -> None:
+        self.pieces.append((index, piece, override))
+
+    def hand_over(self) -> None:
+        if self.pieces and self.on_pieces is not None:
+            pieces, self.pieces = self.pieces, []
+            self.loop.call_soon_threadsafe(_deliver, self.future, self.on_pieces, pieces)
+
     def done(self, index: int, decoded: Decoded) -> None:
         self.results[index] = decoded
         self.remaining -= 1
         if self.remaining == 0:
+            self.hand_over()  # the loop runs callbacks in order: every piece arrives before the result
             self.loop.call_soon_threadsafe(_settle, self.future, self.results, None)
 
     def fail(self, error: BaseException) -> None:
         self.loop.call_soon_threadsafe(_settle, self.future, None, error)
+
+
+def _deliver(future: asyncio.Future, on_pieces: Callable[[list[TextPiece]], None],
+             pieces: list[TextPiece]) -> None:
+    if not future.done():
+        on_pieces(pieces)
 
 
 def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
@@ -68,10 +91,12 @@ class DecodeLoop:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def submit(self, policy: Policy, requests: Sequence[DecodeRequest]) -> asyncio.Future:
-        """Queue `requests` for decoding with `policy`; the future resolves to their `Decoded`s, in order."""
+    def submit(self, policy: Policy, requests: Sequence[DecodeRequest],
+               on_pieces: Callable[[list[TextPiece]], None] | None = None) -> asyncio.Future:
+        """Queue `requests` for decoding with `policy`; the future resolves to their `Decoded`s, in order.
+        With `on_pieces`, the caller's loop also gets the rows' text as it grows (see `DecodeEngine.add`)."""
         loop = asyncio.get_running_loop()
-        job = _Job(policy, list(requests), loop, loop.create_future())
+        job = _Job(policy, list(requests), loop, loop.create_future(), on_pieces)
         if not requests:
             job.future.set_result([])
         else:
@@ -104,6 +129,9 @@ class DecodeLoop:
                     del self._engines[policy]
                     for job in jobs:
                         job.fail(exc)
+                    continue
+                for job in jobs:
+                    job.hand_over()
 
     def _accept(self, job: _Job) -> None:
         if job.policy not in self._engines:
@@ -111,7 +139,8 @@ class DecodeLoop:
             self._engines[job.policy] = (engine, set())
         engine, jobs = self._engines[job.policy]
         try:
-            engine.add(job.requests, lambda index, decoded: self._done(jobs, job, index, decoded))
+            engine.add(job.requests, lambda index, decoded: self._done(jobs, job, index, decoded),
+                       job.text if job.on_pieces is not None else None)
         except Exception as exc:  # e.g. the tokenizer refused a prompt: only this request fails
             job.fail(exc)
             raise

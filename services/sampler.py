@@ -6,6 +6,10 @@ are done. All rows of one batch are decoded with a single snapshot of the policy
 the exact `model_version` that produced it. A background
 task follows the model registry: a new version is loaded in a thread (off the request path) and swapped in
 by one assignment; if loading fails the old model keeps serving and the error is reported to the registry.
+
+`generate_stream` is the streaming twin of `generate`: it yields the rows' text as the decode loop writes it.
+Its rows skip `@serve.batch` and go straight to the decode loop, which admits them at its next step together
+with whatever is decoding (waiting for a batch to fill would only delay the first token).
 """
 
 from __future__ import annotations
@@ -14,16 +18,17 @@ import asyncio
 import logging
 import os
 from dataclasses import asdict
-from typing import Any
+from typing import Any, AsyncIterator
 
 import ray
 from ray import serve
 
+from services import metrics
 from services.config import PoolConfig
+from services.decode_loop import DecodeLoop, TextPiece
 from services.registry import get_registry
+from trainers.engine.decoding import Decoded, DecodeRequest
 from trainers.models.checkpoints import Policy, load_policy
-from services.decode_loop import DecodeLoop
-from trainers.engine.decoding import DecodeRequest
 
 logger = logging.getLogger("ray.serve")
 POLL_INTERVAL_S = 0.5
@@ -62,8 +67,10 @@ class Sampler:
             self.error = {"version": version, "message": str(exc)}
             logger.warning("replica %s refused %s: %s", self.replica_id, version, exc)
             return
-        self.policy = Policy(version, checkpoint, model, tokenizer)  # the atomic swap
+        previous, self.policy = self.policy, Policy(version, checkpoint, model, tokenizer)  # the atomic swap
         self.error = None
+        if previous is not None and previous.version != version:
+            metrics.model_swaps().inc(tags={"pool": self.pool})
 
     async def _follow_registry(self) -> None:
         while True:
@@ -90,13 +97,46 @@ class Sampler:
     async def _group(self, requests: list[list[dict[str, Any]]]) -> list[asyncio.Task]:
         """Concurrent requests enter the decoder together (their prompts share one prefill) with the policy
         of this moment; each then completes on its own, as soon as its own rows are decoded."""
-        policy = self.policy
-        if policy is None:
-            raise RuntimeError(f"pool {self.pool!r} has no model yet: publish a checkpoint first")
+        policy = self._serving_policy()
         return [asyncio.ensure_future(self._decode(policy, rows)) for rows in requests]
 
     async def _decode(self, policy: Policy, rows: list[dict[str, Any]]) -> dict[str, Any]:
         decoded = await self.decoder.submit(policy, [DecodeRequest(**row) for row in rows])
+        return self._answer(policy, decoded)
+
+    async def generate_stream(self, rows: list[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+        """Decode a request's rows, yielding as they grow: first {model_version}, then {pieces: [[row index,
+        text, calculator override or None], ...]} once per decode step that wrote text, last the same
+        {model_version, outputs} as `generate`. The pieces of a row put together are its output's text."""
+        policy = self._serving_policy()
+        yield {"model_version": policy.version}
+        arrived: asyncio.Queue[list[TextPiece] | None] = asyncio.Queue()
+        result = self.decoder.submit(policy, [DecodeRequest(**row) for row in rows], arrived.put_nowait)
+        # the decode loop hands every piece over before it settles `result`, so None comes last
+        result.add_done_callback(lambda _: arrived.put_nowait(None))
+        finished = False
+        while not finished:
+            pieces = await arrived.get()
+            if pieces is None:
+                break
+            while not arrived.empty():  # the consumer fell behind: send what has piled up as one item
+                more = arrived.get_nowait()
+                if more is None:
+                    finished = True
+                    break
+                pieces.extend(more)
+            yield {"pieces": pieces}
+        yield self._answer(policy, result.result())
+
+    def _serving_policy(self) -> Policy:
+        if self.policy is None:
+            raise RuntimeError(f"pool {self.pool!r} has no model yet: publish a checkpoint first")
+        return self.policy
+
+    def _answer(self, policy: Policy, decoded: list[Decoded]) -> dict[str, Any]:
+        overrides = sum(len(d.calculator_overrides) for d in decoded)
+        if overrides:
+            metrics.calculator_overrides().inc(overrides, tags={"pool": self.pool})
         return {"model_version": policy.version, "outputs": [asdict(d) for d in decoded]}
 
     def info(self) -> dict[str, Any]:

@@ -10,6 +10,9 @@ Per row, independent of which other rows share the batch:
 - its own greedy / temperature / top-p choice with its own seeded `torch.Generator` (same seed -> same text);
 - `RowCalculator`: when the row's text ends in `<<expr=`, the safe calculator's `result>>` is forced into
   that row only, token by token, while other rows decode freely (`calculator=False` turns this off).
+
+A caller that streams passes `on_text` to `add`: it gets each row's text as it grows, token by token, with
+the calculator's forced results marked; the pieces put together are exactly the row's final `Decoded.text`.
 """
 
 from __future__ import annotations
@@ -48,7 +51,13 @@ class Decoded:
     text: str
     num_tokens: int
     finish_reason: str  # "stop" (EOS or a complete final answer) or "length"
-    calculator_overrides: list[dict[str, str]] = field(default_factory=list)
+    calculator_overrides: list[dict[str, str]] = field(default_factory=list)  # {expr, result}, in text order
+    prompt_tokens: int = 0
+
+
+# on_text(index, piece, override): `piece` extends the row's visible text; `override` is the calculator's
+# {expr, result} when the piece was forced by it, else None.
+TextCallback = Callable[[int, str, "dict[str, str] | None"], None]
 
 
 # Keyed by the tokenizer object itself, held weakly: an entry lives exactly as long as its tokenizer (a hot
@@ -102,7 +111,7 @@ class _Row:
     """A request being decoded: its tokens so far and its per-row sampling state."""
 
     def __init__(self, index: int, request: DecodeRequest, prompt_ids: list[int],
-                 tokenizer: PreTrainedTokenizerBase) -> None:
+                 tokenizer: PreTrainedTokenizerBase, on_text: TextCallback | None = None) -> None:
         self.index = index
         self.request = request
         self.prompt_ids = prompt_ids
@@ -110,9 +119,13 @@ class _Row:
         self.generator = torch.Generator().manual_seed(request.seed) if request.temperature > 0 else None
         self.calculator = RowCalculator(tokenizer, request.calculator)
         self.seen_marker = False  # a '#' was written: a final answer may be complete from now on
+        self.on_text = on_text
+        self.shown = 0  # characters of the visible text already passed to on_text
+        self.forced_by: dict[str, str] | None = None  # the override whose result the last token belongs to
 
     def choose(self, logits: torch.Tensor, greedy: int) -> int:
         forced = self.calculator.forced_token()
+        self.forced_by = self.calculator.overrides[-1] if forced is not None else None
         if forced is not None:
             return forced
         req = self.request
@@ -156,15 +169,17 @@ class DecodeEngine:
     def idle(self) -> bool:
         return not self.waiting and not self.active
 
-    def add(self, requests: Iterable[DecodeRequest], on_done: Callable[[int, Decoded], None]) -> None:
-        """Queue rows; `on_done` gets each row's index in `requests` and its result."""
+    def add(self, requests: Iterable[DecodeRequest], on_done: Callable[[int, Decoded], None],
+            on_text: TextCallback | None = None) -> None:
+        """Queue rows; `on_done` gets each row's index in `requests` and its result, `on_text` (if given) each
+        row's text as it grows, before that row's `on_done`."""
         requests = list(requests)
         prompts = [r.prompt for r in requests]
         encoded = self.tokenizer(prompts, add_special_tokens=False)["input_ids"] if prompts else []
         if any(not ids for ids in encoded):
             raise ValueError("a prompt encodes to no tokens")
         for i, (request, ids) in enumerate(zip(requests, encoded)):
-            self.waiting.append((_Row(i, request, ids, self.tokenizer), on_done))
+            self.waiting.append((_Row(i, request, ids, self.tokenizer, on_text), on_done))
 
     @torch.inference_mode()
     def step(self) -> None:
@@ -238,7 +253,12 @@ class DecodeEngine:
             reason = self._append(row, token)
             if reason is not None:
                 finished.append(offset + i)
-                on_done(row.index, self._result(row, reason))
+                result = self._result(row, reason)
+                if row.on_text is not None and len(result.text) > row.shown:
+                    row.on_text(row.index, result.text[row.shown:], None)
+                on_done(row.index, result)
+            elif row.on_text is not None:
+                self._show(row)
         for slot in sorted(finished, reverse=True):
             self._release(slot)
 
@@ -258,9 +278,18 @@ class DecodeEngine:
     def _text(self, row: _Row) -> str:
         return self.tokenizer.decode(row.tokens, skip_special_tokens=True)
 
+    def _show(self, row: _Row) -> None:
+        """Pass the row's new visible text to its `on_text`. Visible text is what `Decoded.text` will hold:
+        stripped, so trailing whitespace waits until text follows it (the final piece comes with the finish);
+        a trailing replacement character is half of a multi-token character and waits for the rest."""
+        visible = self._text(row).strip().rstrip("\ufffd")
+        if len(visible) > row.shown:
+            piece, row.shown = visible[row.shown:], len(visible)
+            row.on_text(row.index, piece, row.forced_by)  # type: ignore[misc]
+
     def _result(self, row: _Row, reason: str) -> Decoded:
         return Decoded(text=self._text(row).strip(), num_tokens=len(row.tokens), finish_reason=reason,
-                       calculator_overrides=row.calculator.overrides)
+                       calculator_overrides=row.calculator.overrides, prompt_tokens=len(row.prompt_ids))
 
     def _release(self, slot: int) -> None:
         """Free `slot` by moving the last active row into it, so live rows stay in slots [0, n)."""
