@@ -56,6 +56,20 @@ def test_training_examples_teach_prompt_to_problem_plus_solution_with_level_from
         assert parsed.rationale == problem.rationale
 
 
+def test_real_gsm8k_solutions_round_trip_and_pass_the_checks_they_should(gsm8k_test_file):
+    """GSM8K's own rationales, written back as a synthesizer would write them: every one parses and agrees
+    with the calculator; the final-answer check refuses only the few whose answer is not the last computed
+    value (a unit change such as $0.25 -> 25 cents, an answer read off the text)."""
+    problems = load_problems(gsm8k_test_file).problems
+    refused = [p.id for p in problems if not final_answer_consistent(p.rationale, p.answer)]
+    assert 1 <= len(refused) <= 10, refused
+    examples = training_examples(problems[:300], [], seed_chars=60)  # dedup is quadratic: a slice
+    assert [e["level"] for e in examples] == [max(1, p.rationale.count("<<")) for p in problems[:300]]
+    prompts = [SynthesisPrompt(e["seed_id"], e["level"], e["topic"], e["prompt"]) for e in examples]
+    kept, report = filter_generated(prompts, [e["completion"] for e in examples], [], [], SynthesisConfig(), "g")
+    assert report.parseable == report.calculator == 300 and report.decontamination == len(kept) >= 295
+
+
 def test_level_and_topic_count_calculator_steps_and_name_their_operations():
     gsm8k = "Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs a day.\nShe makes 9 * 2 = $<<9*2=18>>18 a day.\n#### 18"
     assert level_and_topic(gsm8k) == (2, "sub, mul")
@@ -125,6 +139,9 @@ def test_calculator_filter_drops_a_wrong_or_refused_annotation():
 def test_final_answer_must_be_the_last_computed_value_when_the_last_line_computes():
     assert final_answer_consistent("<<3*4=12>>12 apples.\n#### 12", 12.0)
     assert not final_answer_consistent("<<3*4=12>>12 apples.\n#### 13", 13.0)
+    assert final_answer_consistent("<<3-3=0>>0 apples.\n#### 0", 0.0)
+    assert not final_answer_consistent("<<3-3=0>>0 apples.\n#### 5", 5.0)
+    assert not final_answer_consistent("<<3*4=lots>> apples.\n#### 12", 12.0)
     # the last reasoning line computes nothing: the answer may be read off the text
     assert final_answer_consistent("<<3*4=12>>12 apples.\nShe gives one away, so 11 are left.\n#### 11", 11.0)
 
@@ -139,6 +156,13 @@ def test_decontamination_drops_a_planted_paraphrase_sharing_a_ten_gram():
     assert contaminated([paraphrase], [TEST_QUESTION], 11) == [True]
     assert contaminated([paraphrase], [TEST_QUESTION], 12) == [False]
     assert ngrams("Too short.", 10) == set()
+
+
+def test_decontamination_also_reads_the_solution():
+    copied = _written("Pia has 36 stamps. She gives some away. How many are left?",
+                      "She trades away 9 stamps with her cousin on the weekend, so 36-9 = <<36-9=27>>27.\n#### 27")
+    kept, report = filter_generated([_prompt(0)], [copied], [], [TEST_QUESTION], SynthesisConfig(), "s")
+    assert (report.dedup, report.decontamination, kept) == (1, 0, [])
 
 
 def test_filter_counts_each_stage_in_order_and_keeps_provenance():
@@ -167,6 +191,8 @@ def test_filter_counts_each_stage_in_order_and_keeps_provenance():
         ("decontamination", 2)]
     assert [(k.id, k.seed_id, k.answer, k.synthesizer_version) for k in kept] == [
         ("synth-1-00004", "labeled:p4", 30.0, "synth-1"), ("synth-1-00008", "labeled:p8", 56.0, "synth-1")]
+    assert report.summary() == ("generated 9 -> parseable 8 -> calculator 7 -> final_answer 6 -> length 5 -> "
+                                "dedup 3 -> decontamination 2")
     assert filter_generated([], [], [], [], config, "synth-1") == ([], FilterReport())
     with pytest.raises(ValueError):
         filter_generated(prompts[:1], texts, [], [], config, "synth-1")

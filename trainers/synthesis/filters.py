@@ -5,7 +5,7 @@
   final_answer     `#### N` equals the last computed value when the last reasoning line computes one
   length           question and rationale word counts within the configured bounds
   dedup            not a near-duplicate of a labeled question nor of an earlier kept one (trainers/core/dedup.py)
-  decontamination  shares no word n-gram with a dev or test question
+  decontamination  no word n-gram of its question or solution is in a dev or test question
 
 A later filter only sees what the earlier ones kept, so the counts never increase.
 """
@@ -59,6 +59,11 @@ class FilterReport:
         """stage -> count kept, in order (what `synthesis.json`'s `filters` holds)."""
         return asdict(self)
 
+    def summary(self) -> str:
+        """One line for a stage's log, and the explanation when nothing is left: `generated 16 -> parseable
+        11 -> ... -> decontamination 4`."""
+        return " -> ".join(f"{stage} {count}" for stage, count in self.as_dict().items())
+
 
 def calculator_consistent(rationale: str) -> bool:
     """Whether every complete `<<lhs=rhs>>` has rhs equal to the calculator's value of lhs; an expression the
@@ -80,7 +85,8 @@ def final_answer_consistent(rationale: str, answer: float) -> bool:
     computed = annotations(lines[-1]) if lines else []
     if not computed:
         return True
-    return answers_match(answer, parse_number(computed[-1][1].strip()) or float("nan"))
+    last = parse_number(computed[-1][1].strip())
+    return last is not None and answers_match(answer, last)
 
 
 def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
@@ -89,12 +95,13 @@ def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
     return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
 
 
-def contaminated(questions: Sequence[str], eval_questions: Iterable[str], n: int) -> list[bool]:
-    """For each question, whether it shares a word n-gram with any evaluation question."""
+def contaminated(texts: Sequence[str], eval_questions: Iterable[str], n: int) -> list[bool]:
+    """For each text, whether it shares a word n-gram with any evaluation question. A text shorter than n
+    words has no n-gram and is never contaminated."""
     held_out: set[tuple[str, ...]] = set()
     for question in eval_questions:
         held_out |= ngrams(question, n)
-    return [not held_out.isdisjoint(ngrams(q, n)) for q in questions]
+    return [not held_out.isdisjoint(ngrams(text, n)) for text in texts]
 
 
 def _within_length(parsed: Parsed, config: SynthesisConfig) -> bool:
@@ -128,7 +135,7 @@ def filter_generated(prompts: Sequence[SynthesisPrompt], texts: Sequence[str], l
     dropped = _near_duplicates([p.question for _, p in kept], labeled_questions, config.dedup_threshold)
     kept = [item for item, drop in zip(kept, dropped) if not drop]
     report.dedup = len(kept)
-    dropped = contaminated([p.question for _, p in kept], eval_questions, config.ngram)
+    dropped = contaminated([f"{p.question}\n{p.rationale}" for _, p in kept], eval_questions, config.ngram)
     kept = [item for item, drop in zip(kept, dropped) if not drop]
     report.decontamination = len(kept)
     return [Synthesized(f"{synthesizer_version}-{i:05d}", p.question, p.rationale, p.answer, prompts[i].seed_id,

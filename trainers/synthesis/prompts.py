@@ -33,7 +33,8 @@ from trainers.engine.rows import row_seed
 from trainers.synthesis.config import SynthesisConfig
 
 __all__ = ["Parsed", "SeedText", "SynthesisPrompt", "generation_prompts", "generation_requests", "labeled_seeds", "level_and_topic",
-           "load_seed_texts", "parse_generated", "seed_excerpt", "synthesis_prompt", "training_examples"]
+           "load_seed_texts", "parse_generated", "seed_excerpt", "synthesis_completion", "synthesis_prompt",
+           "training_examples"]
 
 SOLUTION_MARK = "\nSolution:"
 _OPERATORS = (("+", "add"), ("-", "sub"), ("*", "mul"), ("/", "div"))
