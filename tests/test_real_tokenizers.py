@@ -238,3 +238,22 @@ def test_the_engine_feeds_the_model_the_token_that_replaced_its_own(tokenizers):
         logits = model(input_ids=torch.tensor([prompt_ids + row.tokens])).logits[0]
     greedy = logits[len(prompt_ids) - 1:-1].argmax(-1).tolist()
     assert free < len(row.tokens) and row.tokens[free:] == greedy[free:]
+
+
+def test_single_digit_rows_are_forced_as_before_one_token_per_digit():
+    """The tiny/small presets' tokenizer on the synthetic task's own rationales: the model's `=` stays and the
+    result is forced one digit per token, then `>>` (what the demo's calculator always did)."""
+    texts = corpus_texts(SyntheticTaskConfig(seed=0), 300)
+    tokenizer = build_preset_tokenizer("tiny", texts)
+    enc = lambda s: tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
+    checked = 0
+    for line in (line for text in texts[:40] for line in text.splitlines()):
+        for match in re.finditer(r"<<([^=<>]+)=", line):  # one annotation per rationale line
+            script = enc(line[:match.end()])
+            tokens, calc, kept = drive(tokenizer, script)
+            result = calculate(match.group(1))
+            assert tokens[:kept + 1] == script and calc.overrides == [{"expr": match.group(1), "result": result}]
+            assert tokens[kept + 1:] == [i for d in result for i in enc(d)] + enc(">>")
+            assert all(len(tokenizer.decode([i])) == 1 for i in tokens[kept + 1:-1])
+            checked += 1
+    assert checked > 80
