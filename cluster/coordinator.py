@@ -141,7 +141,7 @@ class Coordinator:
         self.progress = Progress()
 
     def run(self) -> dict[str, Any]:
-        ensure_pools(self.config.serving, live=self._live())
+        ensure_pools(self.config.serving, live=self._live(), run_dir=str(self.run_dir.root))
         return self_training(self.config, self.run_dir, self.progress)
 
     def _live(self) -> tuple[str, str] | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import ray
@@ -54,10 +55,13 @@ def deploy_pool(pool: str, config: ServingConfig, version: str | None = None, ch
         wait_for_version(pool, version, timeout_s=timeout_s)
 
 
-def ensure_pools(config: ServingConfig, live: tuple[str, str] | None = None) -> None:
+def ensure_pools(config: ServingConfig, live: tuple[str, str] | None = None, run_dir: str | None = None) -> None:
     """Deploy whichever pools are not running yet (a restarted coordinator finds them up and leaves them),
-    and put the run's live model back on the solver if the registry lost it."""
+    put the run's live model back on the solver if the registry lost it, and publish the run directory
+    (`run_dir`) the solver's run view reads."""
     ray.get(get_registry().set_serving_config.remote(config.model_dump(mode="json")))
+    if run_dir:
+        publish_run_dir(run_dir)
     if live and ray.get(get_registry().current.remote("solver")) is None:
         publish("solver", *live)
     existing = serve.status().applications
@@ -66,6 +70,11 @@ def ensure_pools(config: ServingConfig, live: tuple[str, str] | None = None) -> 
         # for a while, and redeploying would block on it while the surviving replicas can serve
         if pool not in existing:
             deploy_pool(pool, config)
+
+
+def publish_run_dir(run_dir: str | None) -> None:
+    """Say which run directory the solver serves the run view of (None: no run, the view answers 404)."""
+    ray.get(get_registry().set_run_dir.remote(str(Path(run_dir).resolve()) if run_dir else None))
 
 
 def serving_config_from_registry() -> ServingConfig:

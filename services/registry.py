@@ -23,6 +23,7 @@ class ModelRegistry:
         self.pools: dict[str, dict[str, Any]] = {}
         self.replicas: dict[str, dict[str, Any]] = {}
         self.serving_config: dict[str, Any] | None = None
+        self.run_root: str | None = None
 
     def set_serving_config(self, config: dict[str, Any]) -> None:
         """Kept here so `dpost scale` (any client) can redeploy a pool with the options it was started with."""
@@ -30,6 +31,14 @@ class ModelRegistry:
 
     def get_serving_config(self) -> dict[str, Any] | None:
         return self.serving_config
+
+    def set_run_dir(self, path: str | None) -> None:
+        """The run directory the solver was started for (None: started on a bare checkpoint); the web page's
+        run view reads it through the ingress."""
+        self.run_root = path
+
+    def run_dir(self) -> str | None:
+        return self.run_root
 
     def publish(self, pool: str, version: str, checkpoint: str) -> None:
         entry = self.pools.setdefault(pool, {"history": []})

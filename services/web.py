@@ -17,7 +17,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse, JSONResponse
 
 from services.registry import get_registry
-from services.run_view import read_run
+from services.run_view import RunView, read_run
 
 router = APIRouter()
 STATIC = Path(__file__).parent / "static"
@@ -38,20 +38,25 @@ def _registry_handle() -> Any:
     return _registry[0]
 
 
-@router.get("/", include_in_schema=False)
+_NOT_FOUND = {"description": "no such thing", "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
+
+
+@router.get("/", response_class=FileResponse, responses={200: {"content": {"text/html": {}}}})
 async def index() -> FileResponse:
+    """The web page: ask the solver, watch the run it was started for."""
     return FileResponse(STATIC / "index.html", media_type="text/html")
 
 
-@router.get("/static/{name}", include_in_schema=False)
+@router.get("/static/{name}", response_class=FileResponse, responses={
+    200: {"content": {"text/javascript": {}, "text/css": {}}}, 404: _NOT_FOUND})
 async def static_file(name: str) -> Any:
+    """The page's script and style sheet."""
     if name not in STATIC_TYPES:
         return _not_found(f"no static file {name!r}")
     return FileResponse(STATIC / name, media_type=STATIC_TYPES[name])
 
 
-@router.get("/v1/run", responses={404: {"description": "the solver was started without a run",
-                                        "content": {"application/json": {"schema": _ERROR_SCHEMA}}}})
+@router.get("/v1/run", response_model=RunView, responses={404: _NOT_FOUND})
 async def run() -> Any:
     """The run the solver was started for: accuracy per iteration, training data per iteration, the stage
     timeline (the running stage with its seconds so far), promotions, and the versions the solver served."""
