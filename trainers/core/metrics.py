@@ -9,7 +9,7 @@ from typing import Sequence
 from trainers.core.answers import answer_checker, answers_match
 from trainers.core.rerank import cluster_answers
 
-__all__ = ["accuracy", "maj_at_k", "majority_vote", "pass_at_k"]
+__all__ = ["accuracy", "auc", "maj_at_k", "majority_vote", "pass_at_k"]
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -47,3 +47,28 @@ def maj_at_k(answers: Sequence[float | None], gold: float, k: int | None = None,
 def accuracy(flags: Sequence[bool]) -> float:
     """Share of True flags; 0.0 when there are none."""
     return sum(1 for f in flags if f) / len(flags) if flags else 0.0
+
+
+def auc(scores: Sequence[float], labels: Sequence[bool]) -> float:
+    """ROC AUC: the chance that a random positive scores above a random negative (ties count half); how well
+    a verifier's scores separate right from wrong solutions. ValueError without both kinds of label."""
+    if len(scores) != len(labels):
+        raise ValueError(f"auc needs one label per score: {len(labels)} labels for {len(scores)} scores")
+    positives = [s for s, y in zip(scores, labels) if y]
+    negatives = [s for s, y in zip(scores, labels) if not y]
+    if not positives or not negatives:
+        raise ValueError("auc needs at least one positive and one negative label")
+    # rank-sum (Mann-Whitney U) with average ranks for ties: O(n log n)
+    order = sorted(range(len(scores)), key=scores.__getitem__)
+    ranks = [0.0] * len(scores)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and scores[order[end + 1]] == scores[order[start]]:
+            end += 1
+        for i in order[start:end + 1]:
+            ranks[i] = (start + end) / 2 + 1
+        start = end + 1
+    positive_ranks = sum(r for r, y in zip(ranks, labels) if y)
+    n_pos, n_neg = len(positives), len(negatives)
+    return (positive_ranks - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)

@@ -14,12 +14,15 @@ prompt + completion.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Iterable
 
 from trainers.core.errors import ConfigError, DataError
+from trainers.core.files import atomic_write_text
 from trainers.engine.scoring import LABELS, verifier_prompt
 
-__all__ = ["verifier_examples"]
+__all__ = ["verifier_examples", "write_verifier_data"]
 
 _REQUIRED = {"question_id": str, "question": str, "completion": str, "correct": bool}
 
@@ -56,6 +59,20 @@ def verifier_examples(samples: Iterable[dict[str, Any]], max_per_label: int | No
             examples += [_example(questions[qid], sample) for sample in pair]
     stats["examples"] = len(examples)
     return examples, stats
+
+
+def write_verifier_data(samples_paths: Iterable[str | Path], out: str | Path, max_per_label: int | None = None
+                        ) -> dict[str, Any]:
+    """Read sample-record jsonl files (any run's, any stage's), write the balanced examples to `out` (jsonl,
+    atomically) for `train_verifier`; returns the stats and the path. DataError when no question has both
+    a right and a wrong sample: there would be nothing to learn."""
+    samples = [json.loads(line) for path in samples_paths
+               for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    examples, stats = verifier_examples(samples, max_per_label)
+    if not examples:
+        raise DataError(f"no question has both a correct and an incorrect sample ({stats['questions']} questions)")
+    atomic_write_text(out, "".join(json.dumps(e) + "\n" for e in examples))
+    return {"path": str(out), **stats}
 
 
 def _example(question: str, sample: dict[str, Any]) -> dict[str, Any]:

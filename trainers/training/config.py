@@ -204,7 +204,17 @@ class DPOStageConfig(TrainStageConfig, DPOArgs):  # type: ignore[misc,valid-type
     KIND: ClassVar[str] = "dpo"
 
 
-STAGES: dict[str, type[TrainStageConfig]] = {"sft": SFTStageConfig, "dpo": DPOStageConfig}
+class VerifierStageConfig(TrainStageConfig, SFTArgs):  # type: ignore[misc,valid-type]
+    """The verifier (evaluator) task of Liu et al. 2023: TRL's SFTTrainer on `trainers.data.verifier` examples
+    (the paper's prompt, then ` correct` / ` incorrect`), loss on the label only: cross-entropy on the label
+    sequence. `model_path` is a separate verifier's start or the policy itself (multi-task fine-tuning); the
+    fields, presets and placement are SFT's."""
+
+    KIND: ClassVar[str] = "verifier"
+
+
+STAGES: dict[str, type[TrainStageConfig]] = {"sft": SFTStageConfig, "dpo": DPOStageConfig,
+                                             "verifier": VerifierStageConfig}
 PRESET_NAMES = tuple(SFTArgs.PRESETS)
 
 

@@ -1,6 +1,7 @@
-"""SFT and DPO as Ray Train jobs: a `TorchTrainer` whose workers each run TRL's trainer under DeepSpeed.
+"""SFT, DPO and verifier training as Ray Train jobs: a `TorchTrainer` whose workers each run TRL's trainer
+under DeepSpeed.
 
-`train_sft(config)` / `train_dpo(config)` validate the config, start `num_workers` Ray Train workers, and
+`train_sft(config)` / `train_dpo(config)` / `train_verifier(config)` validate the config, start `num_workers` Ray Train workers, and
 return the final Hugging Face folder. Inside each worker the steps are the same for both stages:
 load data -> load model -> build the TRL trainer (DeepSpeed ZeRO from the config) -> resume from the last
 Ray Train checkpoint if the worker group was restarted -> train -> save the final model as a checkpoint.
@@ -22,7 +23,7 @@ from typing import Any, Callable
 from transformers import TrainerCallback
 
 from trainers.training.config import (STAGES, DPOStageConfig, SFTStageConfig, TrainStageConfig,
-                                      default_extensions_dir)
+                                      VerifierStageConfig, default_extensions_dir)
 
 FINAL_MARKER = "dpost_final.json"
 
@@ -42,6 +43,11 @@ def train_sft(config: SFTStageConfig, progress: StepProgress | None = None) -> T
 
 def train_dpo(config: DPOStageConfig, progress: StepProgress | None = None) -> TrainResult:
     return _fit("dpo", config, progress)
+
+
+def train_verifier(config: VerifierStageConfig, progress: StepProgress | None = None) -> TrainResult:
+    """The verifier task: SFT on prompt/completion examples whose completion is the label."""
+    return _fit("verifier", config, progress)
 
 
 def _fit(kind: str, config: TrainStageConfig, progress: StepProgress | None) -> TrainResult:
@@ -118,7 +124,7 @@ def build_trainer(kind: str, config: TrainStageConfig, ray_train: bool = True,
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(config.model_path)
     args = config.trl_args(scratch_dir=tempfile.mkdtemp(prefix=f"dpost-{kind}-"))
-    if kind == "sft":
+    if kind in ("sft", "verifier"):  # a verifier example is a prompt/completion record like SFT's
         from trl import SFTConfig, SFTTrainer
 
         trainer = SFTTrainer(model=model, args=SFTConfig(**args),
