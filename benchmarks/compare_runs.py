@@ -1,5 +1,8 @@
 """The paper's comparison (Table 3 / Fig. 5 style) from finished run directories: SFT vs ST vs DPO-ST.
 
+One seed per run and no intervals: `dpost experiment` (cluster/experiment.py) is the seeded, paired comparison;
+this table is for runs made outside it.
+
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/compare_runs.py runs/compare-st runs/compare-dpo-st
 
 For every run it reads `manifest.json` (dev/test accuracy per SFT model, pseudo-labels and DPO pairs per
@@ -55,7 +58,7 @@ def summarize(run_dir: Path) -> dict[str, Any]:
         models.append({
             "version": version, "dev": scores["dev_accuracy"], "test": scores["test_accuracy"],
             "test_no_calculator": no_calculator_accuracy(run_dir, version, checkpoint, test_path, max_new_tokens),
-            "promoted": promotion["promoted"], "train_examples": stages[f"{version}-data"]["outputs"]["examples"],
+            "promoted": promotion["promoted"], "train_examples": stages.get(f"{version}-data", {}).get("outputs", {}).get("examples"),
             "pseudo_labels": stages.get(f"it{t}-pseudo-labels", {}).get("outputs", {}).get("pseudo_labels"),
             "dpo_pairs": stages.get(f"it{t}-pairs", {}).get("outputs", {}).get("pairs"),
             "weights": weights_digest(checkpoint),
