@@ -152,12 +152,21 @@ function renderRun(run) {
 // The chart frame shared by both charts: returns x(i) for iteration index i and y(v) for value v.
 const BOX = { left: 44, right: 410, top: 28, bottom: 226 };
 
-function frame(svg, count, yMax, yLabel, format) {
+function niceStep(top) {  // the smallest 1, 2 or 5 times a power of ten that spans `top` in at most 5 steps
+  for (let magnitude = 10 ** Math.floor(Math.log10(top / 5)); ; magnitude *= 10) {
+    for (const m of [1, 2, 5]) if (top / (m * magnitude) <= 5) return m * magnitude;
+  }
+}
+
+function frame(svg, count, top, yLabel, format) {
   svg.replaceChildren();
+  const step = niceStep(top);
+  const ticks = Math.max(1, Math.ceil(top / step - 1e-9));
+  const yMax = ticks * step;
   const x = (i) => BOX.left + (BOX.right - BOX.left) * (i + 0.5) / Math.max(count, 1);
   const y = (v) => BOX.bottom - (BOX.bottom - BOX.top) * v / yMax;
-  for (let k = 0; k <= 4; k++) {
-    const v = yMax * k / 4;
+  for (let k = 0; k <= ticks; k++) {
+    const v = step * k;
     svg.append(el("line", { x1: BOX.left, x2: BOX.right, y1: y(v), y2: y(v), class: "axis" }, null, SVG));
     svg.append(el("text", { x: BOX.left - 6, y: y(v) + 4, "text-anchor": "end" }, format(v), SVG));
   }
@@ -183,8 +192,7 @@ function legend(svg, entries) {
 
 function drawAccuracy(svg, rows) {
   const values = rows.flatMap((r) => [r.dev, r.test]).filter((v) => v !== null && v !== undefined);
-  const yMax = Math.max(0.1, Math.ceil(Math.max(0, ...values) * 10 + 0.001) / 10);
-  const { x, y } = frame(svg, rows.length, yMax, "greedy accuracy", (v) => `${+(100 * v).toFixed(1)}%`);
+  const { x, y } = frame(svg, rows.length, Math.max(0.05, ...values), "greedy accuracy", (v) => `${+(100 * v).toFixed(1)}%`);
   for (const [key, color, dashed] of [["dev", "var(--dev)", false], ["test", "var(--test)", true]]) {
     const points = rows.map((r, i) => [i, r[key]]).filter(([, v]) => v !== null && v !== undefined);
     if (points.length > 1) {
@@ -202,10 +210,7 @@ function drawAccuracy(svg, rows) {
 
 function drawData(svg, rows) {
   const values = rows.flatMap((r) => [r.pairs || 0, r.pseudo_labels || 0]);
-  const top = Math.max(4, ...values);
-  const step = Math.pow(10, Math.floor(Math.log10(top)));
-  const yMax = Math.ceil(top / step) * step;
-  const { x, y } = frame(svg, rows.length, yMax, "count", (v) => String(Math.round(v)));
+  const { x, y } = frame(svg, rows.length, Math.max(4, ...values), "count", (v) => String(Math.round(v)));
   const width = Math.min(28, (BOX.right - BOX.left) / Math.max(rows.length, 1) / 3);
   rows.forEach((r, i) => {
     [["pairs", "var(--dev)", -1], ["pseudo_labels", "var(--test)", 0]].forEach(([key, color, offset]) => {
