@@ -11,10 +11,13 @@ from pydantic import ValidationError
 from trainers.core.errors import ConfigError, DataError, config_error
 from trainers.data.problems import Problem, load_problems
 from trainers.data.synthetic import SyntheticTaskConfig, generate_split
+from trainers.engine.rows import DecodeParams
+from trainers.evaluation import local_decoder
 from trainers.synthesis.config import SynthesisConfig
 from trainers.synthesis.filters import (FilterReport, calculator_consistent, contaminated, filter_generated,
                                         final_answer_consistent, ngrams)
 from trainers.synthesis.labels import VoteLabel, label_accuracy, synthesized_rows, vote_label, vote_labels
+from trainers.synthesis.pipeline import vote_on, write_problems
 from trainers.synthesis.prompts import (SynthesisPrompt, generation_prompts, generation_requests, level_and_topic,
                                         load_seed_texts, parse_generated, seed_excerpt, training_examples)
 
@@ -272,6 +275,29 @@ def test_kept_labels_become_u_rows_with_provenance_that_the_loader_reads(tmp_pat
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     loaded = load_problems(path).problems
     assert [(p.id, p.answer, p.rationale) for p in loaded] == [("synth-2-00000", 30.0, None)]
+
+
+# ---------------------------------------------------------------------------------------------- decoding
+
+def test_write_and_vote_run_through_any_decode_fn_with_a_real_untrained_model(base_checkpoint, labeled):
+    """The plumbing with a real (untrained, so unparseable) model, through a pool-style decode_fn that also
+    returns model versions: the counts stay consistent and every question gets a vote of k samples."""
+    model = local_decoder(base_checkpoint)
+    calls = []
+
+    def pool_style(rows):
+        calls.append(rows)
+        decoded = model(rows)
+        return decoded, ["v"] * len(decoded)
+
+    config = SynthesisConfig(problems_per_iteration=3, max_new_tokens=16)
+    kept, report = write_problems(labeled, [], [], config, "synth-0", pool_style, seed=1)
+    assert report.generated == 3 and len(calls[0]) == 3 and all(r.calculator for r in calls[0])
+    assert kept == [] and report.parseable == 0  # random weights never write `Solution:` ... `#### N`
+    params = DecodeParams(n=2, temperature=0.7, max_new_tokens=8, seed=1)
+    labels = vote_on(labeled[:2], pool_style, params, threshold=0.5)
+    assert [(v.question_id, v.samples) for v in labels] == [(p.id, 2) for p in labeled[:2]]
+    assert all(v.correct is None and v.vote_share == v.votes / 2 for v in labels)
 
 
 # ---------------------------------------------------------------------------------------------- config
