@@ -168,7 +168,10 @@ def extract_boxed(text: str) -> str | None:
     return None
 
 
-def _mv_parse(answer: str, timeout: int | None):
+_MV_TIMEOUT_S = 5  # math-verify's own default, per parse and per comparison
+
+
+def _mv_parse(answer: str, timeout: int):
     from math_verify import parse
 
     # Wrapped in \boxed{} so math-verify reads the whole string as one LaTeX answer (`x=3`, `\frac12`, `1/2`).
@@ -180,23 +183,22 @@ def _boxed_equivalent_here(pred: str, gold: str) -> bool:
     """math-verify's verdict in this thread; its own SIGALRM timeouts bound a pathological sympy case."""
     from math_verify import verify
 
-    timeout = 5 if threading.current_thread() is threading.main_thread() else None
-    if timeout is None:
+    if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("math-verify's timeouts need the main thread; use _boxed_equivalent_many")
-    parsed_gold, parsed_pred = _mv_parse(gold, timeout), _mv_parse(pred, timeout)
+    parsed_gold, parsed_pred = _mv_parse(gold, _MV_TIMEOUT_S), _mv_parse(pred, _MV_TIMEOUT_S)
     if not parsed_gold or not parsed_pred:
-        return pred.strip() == gold.strip()  # neither side parses: only the same text is the same answer
-    return bool(verify(parsed_gold, parsed_pred, timeout_seconds=timeout))
+        return pred.strip() == gold.strip()  # a side math-verify cannot read: only the same text matches
+    return bool(verify(parsed_gold, parsed_pred, timeout_seconds=_MV_TIMEOUT_S))
 
 
 def _boxed_equivalent_batch(pairs: Sequence[tuple[str, str]]) -> list[bool]:
-    """Run in the pool's process, on its main thread."""
+    """`_boxed_equivalent_here` for each pair: on the caller's main thread, or in the pool's process."""
     return [_boxed_equivalent_here(pred, gold) for pred, gold in pairs]
 
 
 _POOL: concurrent.futures.ProcessPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
-# A whole batch of comparisons, each bounded by math-verify's own 5 s (parse + verify, both sides).
+# A whole batch of comparisons in the pool, each one bounded by _MV_TIMEOUT_S (parse and verify, both sides).
 _BATCH_TIMEOUT_S = 60.0
 
 
@@ -215,7 +217,7 @@ def _pool() -> concurrent.futures.ProcessPoolExecutor:
 def _boxed_equivalent_many(pairs: Sequence[tuple[str, str]]) -> list[bool]:
     """math-verify's verdict on each (pred, gold): here on the main thread, else in the pool's process."""
     if threading.current_thread() is threading.main_thread():
-        return [_boxed_equivalent_here(pred, gold) for pred, gold in pairs]
+        return _boxed_equivalent_batch(pairs)
     if not pairs:
         return []
     global _POOL
@@ -300,12 +302,6 @@ class AnswerChecker:
         answer, strict = self.extract(text, "flexible"), self.extract(text, "strict")
         correct_strict, correct_flexible = self.equivalent_many([(strict, gold), (answer, gold)])
         return Label(answer, strict, correct_strict, correct_flexible)
-
-    def show(self, answer: Answer | None) -> str:
-        """An answer as text for people and JSON: `72`, `2.5`, `\\frac{1}{2}`; empty for None."""
-        if answer is None:
-            return ""
-        return answer if isinstance(answer, str) else format_answer(answer)
 
 
 def _float(value: Answer | None) -> float | None:
