@@ -24,9 +24,9 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services import metrics
-from services.api_schema import (ERRORS, OPENAI_ERRORS, STREAM, ChatCompletion, ChatCompletionRequest, Completion,
-                                 CompletionRequest, Health, ModelList, ModelStatus, SolveRequest, SolveResponse,
-                                 unsupported_fields)
+from services.api_schema import (ERRORS, OPENAI_ERRORS, SERVER_ERROR, STREAM, ChatCompletion, ChatCompletionRequest,
+                                 Completion, CompletionRequest, Health, ModelList, ModelStatus, SolveRequest,
+                                 SolveResponse, unsupported_fields)
 from services.config import ServingConfig
 from services.registry import get_registry
 from services.streaming import TextStream, sse
@@ -239,20 +239,20 @@ class SolverAPI:
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
-    @app.get("/v1/models", responses={200: {"model": ModelList}, 503: ERRORS[503]})
+    @app.get("/v1/models", responses={200: {"model": ModelList}, **SERVER_ERROR})
     async def models(self) -> Any:
         status = await self.registry.status.remote("solver")
         version = status["version"] or "none"
         return {"object": "list", "data": [{"id": version, "object": "model", "created": 0, "owned_by": "dpost"}]}
 
-    @app.get("/v1/model", responses={200: {"model": ModelStatus}, 503: ERRORS[503]})
+    @app.get("/v1/model", responses={200: {"model": ModelStatus}, **SERVER_ERROR})
     async def model(self) -> Any:
         status = await self.registry.status.remote("solver")
         return {"pool": "solver", "model_version": status["version"], "checkpoint": status["checkpoint"],
                 "replicas": {rid: r["version"] for rid, r in status["replicas"].items()},
                 "history": [h["version"] for h in status["history"]]}
 
-    @app.get("/healthz", responses={200: {"model": Health}, 503: ERRORS[503]})
+    @app.get("/healthz", responses={200: {"model": Health}, **SERVER_ERROR})
     async def healthz(self) -> Any:
         status = await self.registry.status.remote("solver")
         return {"status": "ok", "model_version": status["version"]}

@@ -202,11 +202,13 @@ class Health(BaseModel):
 
 
 _ERROR = {"model": ErrorBody}
-ERRORS: dict[int | str, dict[str, Any]] = {
-    422: {**_ERROR, "description": "Invalid body, or beyond the server's limits."},
-    503: {**_ERROR, "description": "The solver could not answer (no model yet, a replica failed)."}}
+SERVER_ERROR = {503: {**_ERROR, "description": "The solver could not answer (no model yet, a replica failed)."}}
+ERRORS: dict[int | str, dict[str, Any]] = {  # of every route with a body
+    400: {**_ERROR, "description": "The body could not be read (not UTF-8, cut short)."},
+    422: {**_ERROR, "description": "Invalid body, or beyond the server's limits."}, **SERVER_ERROR}
 OPENAI_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {**_ERROR, "description": "A field dpost does not implement, named in the message."}, **ERRORS}
+    **ERRORS, 400: {**_ERROR, "description": "The body could not be read, or it has a field dpost does not "
+                                             "implement (named in the message)."}}
 STREAM = {"text/event-stream": {"schema": {"type": "string", "description": "With `stream: true`: OpenAI's "
                                                                              "chunks as server-sent events, "
                                                                              "ending with `data: [DONE]`."}}}
