@@ -48,14 +48,13 @@ def check_threshold(threshold: float) -> float:
 def vote_label(answers: Sequence[float | None], threshold: float) -> tuple[float | None, int, bool]:
     """(majority answer, its votes, kept) for one question's k sampled answers."""
     threshold = check_threshold(threshold)
-    if not answers:
-        return None, 0, False
     label, votes = majority_vote(answers)
-    runner_up = majority_vote([a for a in answers if a is not None and not answers_match(a, label)])[1] \
-        if label is not None else 0
+    if label is None:
+        return None, 0, False
+    _, runner_up = majority_vote([a for a in answers if a is not None and not answers_match(a, label)])
     # votes/k >= threshold in whole votes, so 2 of 3 passes a threshold of 2/3 written as 0.6666666666666666
     needed = math.ceil(threshold * len(answers) - 1e-9)
-    return label, votes, label is not None and votes >= needed and votes > runner_up
+    return label, votes, votes >= needed and votes > runner_up
 
 
 def vote_labels(records: Iterable[Mapping[str, Any]], threshold: float,
