@@ -202,7 +202,10 @@ function drawAccuracy(svg, rows) {
     }
     for (const [i, v] of points) {
       svg.append(el("circle", { cx: x(i), cy: y(v), r: 4.5, fill: color, class: `point-${key}` }, null, SVG));
-      svg.append(el("text", { x: x(i) + 7, y: y(v) + (key === "dev" ? -6 : 14) }, pct(v), SVG));
+      // dev's value above-left of its point, test's below-right: close values stay readable
+      const dev = key === "dev";
+      svg.append(el("text", { x: x(i) + (dev ? -8 : 8), y: y(v) + (dev ? -6 : 14), "text-anchor": dev ? "end" : "start" },
+                    pct(v), SVG));
     }
   }
   legend(svg, [["dev", "var(--dev)", false], ["test", "var(--test)", true]]);
