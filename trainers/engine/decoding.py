@@ -121,11 +121,10 @@ class _Row:
         self.seen_marker = False  # a '#' was written: a final answer may be complete from now on
         self.on_text = on_text
         self.shown = 0  # characters of the visible text already passed to on_text
-        self.forced_by: dict[str, str] | None = None  # the override whose result the last token belongs to
+        self.forced: list[tuple[int, int, dict[str, str]]] = []  # (start, end, override) in the visible text
 
     def choose(self, logits: torch.Tensor, greedy: int) -> int:
         forced = self.calculator.forced_token()
-        self.forced_by = self.calculator.overrides[-1] if forced is not None else None
         if forced is not None:
             return forced
         req = self.request
@@ -254,11 +253,11 @@ class DecodeEngine:
             if reason is not None:
                 finished.append(offset + i)
                 result = self._result(row, reason)
-                if row.on_text is not None and len(result.text) > row.shown:
-                    row.on_text(row.index, result.text[row.shown:], None)
+                if row.on_text is not None:
+                    self._show(row, result.text)
                 on_done(row.index, result)
             elif row.on_text is not None:
-                self._show(row)
+                self._show(row, self._text(row).strip().rstrip("\ufffd"))
         for slot in sorted(finished, reverse=True):
             self._release(slot)
 
@@ -266,8 +265,11 @@ class DecodeEngine:
         """Add `token` to the row; return the finish reason if the row is done."""
         if token == self.eos:
             return "stop"
+        known = len(row.calculator.overrides)
         row.tokens.append(token)
         row.calculator.observe(row.tokens)
+        if row.on_text is not None and len(row.calculator.overrides) > known:
+            self._mark_forced(row)
         row.seen_marker = row.seen_marker or token in self.hash_ids
         if row.seen_marker and token in self.space_ids and final_answer_end(self._text(row)) is not None:
             return "stop"
@@ -278,14 +280,28 @@ class DecodeEngine:
     def _text(self, row: _Row) -> str:
         return self.tokenizer.decode(row.tokens, skip_special_tokens=True)
 
-    def _show(self, row: _Row) -> None:
-        """Pass the row's new visible text to its `on_text`. Visible text is what `Decoded.text` will hold:
-        stripped, so trailing whitespace waits until text follows it (the final piece comes with the finish);
-        a trailing replacement character is half of a multi-token character and waits for the rest."""
-        visible = self._text(row).strip().rstrip("\ufffd")
-        if len(visible) > row.shown:
-            piece, row.shown = visible[row.shown:], len(visible)
-            row.on_text(row.index, piece, row.forced_by)  # type: ignore[misc]
+    def _mark_forced(self, row: _Row) -> None:
+        """Note where the calculator's `result>>` goes in the visible text: right after `<<expr=`, which the
+        text now ends in or holds followed by the start of the result (the newest token may carry both)."""
+        override = row.calculator.overrides[-1]
+        text = self._text(row)
+        opening = f"<<{override['expr']}="
+        start = text.rfind(opening) + len(opening) - (len(text) - len(text.lstrip()))
+        row.forced.append((start, start + len(override["result"]) + 2, override))
+
+    def _show(self, row: _Row, visible: str) -> None:
+        """Pass the row's new visible text to its `on_text`, split where calculator results begin and end.
+        Visible text is what `Decoded.text` will hold: stripped, so trailing whitespace waits until text
+        follows it (or the row ends); a trailing replacement character, half of a character spread over
+        several tokens, waits for the rest."""
+        if len(visible) <= row.shown:
+            return
+        cuts = sorted({row.shown, len(visible)} | {p for span in row.forced for p in span[:2]
+                                                   if row.shown < p < len(visible)})
+        for start, end in zip(cuts, cuts[1:]):
+            override = next((o for s, e, o in row.forced if s <= start < e), None)
+            row.on_text(row.index, visible[start:end], override)  # type: ignore[misc]
+        row.shown = len(visible)
 
     def _result(self, row: _Row, reason: str) -> Decoded:
         return Decoded(text=self._text(row).strip(), num_tokens=len(row.tokens), finish_reason=reason,
