@@ -30,8 +30,9 @@ API_VERSIONS = {"RayCluster": "ray.io/v1", "RayJob": "ray.io/v1", "RayService": 
                 "PersistentVolumeClaim": "v1", "ConfigMap": "v1"}
 BUILTIN_RESOURCES = {"CPU", "GPU", "memory", "object_store_memory"}
 # The public solver app's whole surface: nothing here changes state (swap, rollback, scale, job control).
-PUBLIC_ROUTES = {("POST", "/v1/solve"), ("POST", "/v1/completions"), ("GET", "/v1/models"),
-                 ("GET", "/v1/model"), ("GET", "/healthz")}
+PUBLIC_ROUTES = {("POST", "/v1/solve"), ("POST", "/v1/completions"), ("POST", "/v1/chat/completions"),
+                 ("GET", "/v1/models"), ("GET", "/v1/model"), ("GET", "/healthz"),
+                 ("GET", "/"), ("GET", "/static/{name}"), ("GET", "/v1/run")}
 DOC_ROUTES = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 
 
