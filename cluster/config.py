@@ -54,8 +54,11 @@ class ModelSection(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    preset: ModelPreset | None = Field("small", description="Build a from-scratch Llama-style model of this "
-                                                            "size, with a tokenizer trained on the task's text.")
+    preset: ModelPreset | None = Field(
+        "small", description="Build a from-scratch Llama-style model with a tokenizer trained on the task's text: "
+                             "`tiny`/`small` (every digit one token; tests and demo) or `llama-100m` / "
+                             "`llama-100m-digits3` (~100M parameters, 32k vocabulary, numbers split GPT-2-style or "
+                             "in Llama-3-style chunks of up to 3 digits; for measuring, not accuracy).")
     path: str | None = Field(None, description="Any HF folder or cached hub id; replaces `preset`.")
     seed: int = Field(0, ge=0, description="Seed of the from-scratch model's initial weights.")
     warmup: str | None = Field(
