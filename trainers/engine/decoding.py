@@ -8,8 +8,9 @@ transformers' own continuous batching cannot run a per-row calculator.
 
 Per row, independent of which other rows share the batch:
 - its own greedy / temperature / top-p choice with its own seeded `torch.Generator` (same seed -> same text);
-- `RowCalculator`: when the row's text ends in `<<expr=`, the safe calculator's `result>>` is forced into
-  that row only, token by token, while other rows decode freely (`calculator=False` turns this off).
+- `RowCalculator`: when a row's newest token closes `<<expr=`, the safe calculator's `result>>` is written into
+  that row only, encoded as the tokenizer encodes it in context (`calculator_forcing.py`), while other rows
+  decode freely (`calculator=False` turns this off).
 
 A caller that streams passes `on_text` to `add`: it gets each row's text as it grows, token by token, with
 the calculator's forced results marked; the pieces put together are exactly the row's final `Decoded.text`.
