@@ -3,9 +3,12 @@
     dpost eval --checkpoint PATH | --live [--address ADDR] --data FILE [--data FILE ...] [--format auto]
                [--n 0] [--k 1 5] [--temperature 0.7] [--max-new-tokens 300] [--seed 0] [--no-greedy]
                [--no-calculator | --ablate-calculator] [--limit N] [--out DIR] [--batch-size 32]
+               [--rerank VERIFIER [--rerank-top-k K]]
 
 Prints the table and the throughput; writes eval.json (per-item records) and eval.md (the table for a README)
-into --out. Ctrl-C keeps what is done; the same command again resumes. The work is in trainers/evaluation.py
+into --out. With --rerank, a verifier checkpoint (loaded once, in this process) scores every sampled solution
+and the table adds the re-ranked accuracies rr_topk@n, weighted@n and weighted_topk@n next to pass@1, maj@n
+and pass@n. Ctrl-C keeps what is done; the same command again resumes. The work is in trainers/evaluation.py
 (`evaluate_files`, over the same `evaluate_problems` the coordinator's eval stage uses).
 """
 
@@ -16,11 +19,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from trainers.core.errors import ConfigError
+from trainers.core.errors import CheckpointError, ConfigError
 from trainers.data.problems import FORMATS
 from trainers.engine.decoding import MAX_NEW_TOKENS
-from trainers.evaluation import (DecodeFn, EvalConfig, evaluate_files, format_skipped, format_throughput,
-                                 local_decoder, plan_runs, terminal_table)
+from trainers.evaluation import (RERANK_TOP_K, DecodeFn, EvalConfig, ScoreFn, evaluate_files, format_rerank,
+                                 format_skipped, format_throughput, local_decoder, local_scorer, plan_runs,
+                                 terminal_table)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,7 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="base seed of the sampled answers (default: 0)")
     parser.add_argument("--no-greedy", action="store_true", help="skip the greedy pass@1 decode (needs --n)")
     calculator = parser.add_mutually_exclusive_group()
-    calculator.add_argument("--no-calculator", action="store_true", help="decode without the calculator")
+    calculator.add_argument("--no-calculator", action="store_true",
+                            help="decode without the calculator (default: on, except for data whose solutions "
+                                 "carry no <<expr=result>> annotations, such as MATH)")
     calculator.add_argument("--ablate-calculator", action="store_true",
                             help="evaluate every file with and without the calculator")
     parser.add_argument("--limit", type=int, metavar="N", help="only the first N items of each file")
@@ -49,30 +55,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output folder (default: runs/eval/<checkpoint name>, or runs/eval/live)")
     parser.add_argument("--batch-size", type=int, default=32,
                         help="items per decode chunk; eval.json is saved after each (default: 32)")
+    parser.add_argument("--rerank", metavar="VERIFIER",
+                        help="a verifier checkpoint folder: score every sampled answer and report solution-cluster "
+                             "re-ranking (rr_topk, weighted, weighted_topk); needs --n 2 or more")
+    parser.add_argument("--rerank-top-k", type=int, metavar="K",
+                        help=f"K of rr_topk and weighted_topk, in 1..n (default: min({RERANK_TOP_K}, n // 2))")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.address and not args.live:
         raise ConfigError("--address is only used with --live")
-    calculators = [True, False] if args.ablate_calculator else [not args.no_calculator]
+    if args.rerank_top_k is not None and not args.rerank:
+        raise ConfigError("--rerank-top-k is only used with --rerank")
+    if args.rerank and args.n < 2:
+        raise ConfigError(f"--rerank needs --n 2 or more sampled answers per item to re-rank, got --n {args.n}")
+    # None: each file's data decides (ProblemSet.calculator)
+    calculators = [True, False] if args.ablate_calculator else [False if args.no_calculator else None]
     model = "live:rollout" if args.live else _model_id(args.checkpoint)
     config = EvalConfig(data=args.data, fmt=args.format, greedy=not args.no_greedy, n=args.n, ks=args.k,
                         temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                         calculator=calculators[0], seed=args.seed, batch_size=args.batch_size,
-                        limit=args.limit, model=model)
+                        limit=args.limit, model=model,
+                        verifier=_model_id(args.rerank) if args.rerank else None, rerank_top_k=args.rerank_top_k)
     out = Path(args.out) if args.out else Path("runs/eval") / ("live" if args.live else Path(model).name)
 
     # Read every file and check any earlier output before a model is loaded.
     for plan in plan_runs(config, out, calculators):
         if plan.done:
             print(f"{plan.name}: resuming, {plan.done} item(s) already in {out / 'eval.json'}", file=sys.stderr)
+    score_fn = _verifier(args.rerank, config.batch_size) if args.rerank else None
     if args.live:
         decode_fn, version = _live_decoder(args.address)
     else:
         decode_fn, version = local_decoder(args.checkpoint, config.batch_size), Path(model).name
 
     try:
-        results = evaluate_files(config, decode_fn, out, version, calculators=calculators)
+        results = evaluate_files(config, decode_fn, out, version, calculators=calculators, score_fn=score_fn)
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished items are in {out / 'eval.json'}; run the same command again to resume",
               file=sys.stderr)
@@ -80,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
     print(terminal_table(results), end="")
     for result in results:
         print(format_throughput(result))
+    for result in results:
+        if reranked := format_rerank(result):
+            print(reranked)
     for result in results:
         if skipped := format_skipped(result):
             print(skipped)
@@ -90,6 +111,15 @@ def run(args: argparse.Namespace) -> int:
 def _model_id(checkpoint: str) -> str:
     path = Path(checkpoint)
     return str(path.resolve()) if path.exists() else checkpoint
+
+
+def _verifier(path: str, batch_size: int) -> ScoreFn:
+    """The verifier's score_fn, loaded before the policy so a bad folder fails before anything decodes."""
+    try:
+        return local_scorer(path, batch_size)
+    except CheckpointError as exc:  # transformers' messages run over several lines: keep the first
+        raise CheckpointError(f"--rerank: {str(exc).splitlines()[0]} (expected a causal LM checkpoint folder)"
+                              ) from None
 
 
 def _live_decoder(address: str | None) -> tuple[DecodeFn, str]:

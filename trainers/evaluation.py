@@ -1,10 +1,14 @@
 """Evaluate a model on math word problems: greedy pass@1 (strict and flexible), pass@k and maj@k, with or
-without the calculator.
+without the calculator, and with a verifier: solution-cluster re-ranking of the sampled answers
+(`trainers.core.rerank`: rr_topk, weighted, weighted_topk).
 
 `evaluate_problems` is the one evaluation path: the coordinator's eval stage, `dpost eval` and the benchmarks
 all call it. It decodes through a `decode_fn(rows) -> list[Decoded]`, so the same code runs in-process
 (`local_decoder`) or on the Serve `rollout` pool (`services.pools.decode_on_pool`, which also returns each
-row's model version), and checks every answer with `trainers.core.answers`.
+row's model version), and checks every answer with the data's `trainers.core.answers` checker (`#### N` or
+`\\boxed{}`). With `config.verifier`, a `score_fn(questions, completions) -> scores` (`local_scorer`: the
+verifier in this process) scores every sampled solution, and each item's samples are clustered and chosen from
+by every re-ranking strategy.
 
 `evaluate_files` (and `evaluate_file`) add benchmark files and a resumable output for `dpost eval`: per-item
 records land in `<out_dir>/eval.json`, rewritten atomically after every chunk, so an interrupted run leaves a
@@ -15,10 +19,16 @@ valid partial file and a re-run with the same settings resumes where it stopped.
     item      = {"question_id", "question", "gold",
                  greedy:  "prediction" (flexible), "prediction_strict", "correct" (strict), "correct_flexible",
                           "completion", "num_tokens", "finish_reason", "calculator_overrides", "model_version",
-                 sampled: "sampled_answers", "majority", "votes", "majority_correct", "samples": [record]}
+                 sampled: "sampled_answers", "majority", "votes", "majority_correct", "samples": [record],
+                 re-ranked (with a verifier): "verifier_scores" (one per sample, in order), "reranked" and
+                          "reranked_correct" ({strategy: the chosen answer / whether it is the gold one})}
+
+The stored answers, scores and gold answer are enough to re-aggregate an item with `trainers.core.rerank`
+(`rerank_correct(item["sampled_answers"], item["verifier_scores"], item["gold"], k, checker)`).
 
 A run is one (data file, calculator on/off) pair, named after the file (`svamp`, `gsm8k/test`), plus
-" (no calculator)".
+" (no calculator)". Unless the caller chooses, the calculator follows the data (`ProblemSet.calculator`: on for
+GSM8K-style data, off for MATH).
 """
 
 from __future__ import annotations
@@ -33,24 +43,32 @@ from typing import Any, Callable, Mapping, Sequence, Union
 import torch
 from tqdm.auto import tqdm
 
-from trainers.core.answers import answers_match, format_answer
+from trainers.core.answers import AnswerChecker, answer_checker, format_answer
 from trainers.core.errors import ConfigError
 from trainers.core.files import atomic_write_text
-from trainers.core.metrics import accuracy, maj_at_k, majority_vote, pass_at_k
+from trainers.core.metrics import accuracy, pass_at_k
+from trainers.core.rerank import STRATEGIES, choose, cluster_answers
 from trainers.data.problems import Problem, ProblemSet, load_problems
 from trainers.engine.decoding import MAX_NEW_TOKENS, Decoded, DecodeRequest, decode_all
 from trainers.engine.rows import DecodeParams, make_requests, to_records
+from trainers.engine.scoring import score_candidates
 from trainers.models.checkpoints import load_policy
 
-__all__ = ["DecodeFn", "EvalConfig", "PlannedRun", "evaluate_file", "evaluate_files", "evaluate_problems",
-           "format_skipped", "format_throughput", "load_results", "local_decoder", "markdown_report",
-           "markdown_table", "plan_runs", "score_greedy", "score_sampled", "terminal_table"]
+__all__ = ["DecodeFn", "EvalConfig", "PlannedRun", "ScoreFn", "evaluate_file", "evaluate_files",
+           "evaluate_problems", "format_rerank", "format_skipped", "format_throughput", "load_results",
+           "local_decoder", "local_scorer", "markdown_report", "markdown_table", "plan_runs", "score_greedy",
+           "score_reranked", "score_sampled", "terminal_table"]
 
 EVAL_FILE = "eval.json"
 FILE_FORMAT = "dpost-eval/1"
 
 # In-process decoding returns the rows; the Serve pool also returns the model version of every row.
 DecodeFn = Callable[[list[DecodeRequest]], Union[list[Decoded], tuple[list[Decoded], list[str]]]]
+# score_fn(questions, completions): the verifier's S = p(correct) / (p(correct) + p(incorrect)) for each pair.
+ScoreFn = Callable[[list[str], list[str]], list[float]]
+# The paper's RR.Top-8 (N=64); a smaller N gets min(8, N // 2), so the top-K always leaves clusters out
+# whenever the N answers can form more than K of them.
+RERANK_TOP_K = 8
 
 
 @dataclass
@@ -66,12 +84,16 @@ class EvalConfig:
         ks: the k values to report for pass@k and maj@k, each in 1..n; None means [1, n].
         temperature: sampling temperature for the n samples (the paper's 0.7).
         max_new_tokens: the most tokens a greedy or sampled answer may have (the paper's 300).
-        calculator: let the calculator write the results of `<<expr=` annotations.
+        calculator: let the calculator write the results of `<<expr=` annotations; None follows the data
+            (`ProblemSet.calculator`: on where its rationales carry annotations or it has none, off for MATH).
         seed: base seed; each sampled row's seed comes from (seed, question id, sample index), so a sample is
             the same whatever batch or chunk it lands in, and a resumed run draws the same samples.
         batch_size: items decoded per chunk; the progress bar and eval.json advance once per chunk.
         limit: evaluate only the first `limit` items of each file.
         model: what is evaluated (a checkpoint path, `live:rollout`); a run resumes only on the same model.
+        verifier: the verifier that scores every sampled solution for re-ranking (its checkpoint path); None
+            re-ranks nothing. Needs n >= 2, and a `score_fn` where the evaluation runs.
+        rerank_top_k: K of the rr_topk and weighted_topk strategies, in 1..n; None means min(8, n // 2).
     """
 
     data: list[str] = field(default_factory=list)
@@ -81,11 +103,13 @@ class EvalConfig:
     ks: list[int] | None = None
     temperature: float = 0.7
     max_new_tokens: int = MAX_NEW_TOKENS
-    calculator: bool = True
+    calculator: bool | None = None
     seed: int = 0
     batch_size: int = 32
     limit: int | None = None
     model: str = ""
+    verifier: str | None = None
+    rerank_top_k: int | None = None
 
     def __post_init__(self) -> None:
         self.data = [str(p) for p in self.data]
@@ -116,6 +140,16 @@ class EvalConfig:
                 raise ConfigError(f"every k must be between 1 and n={self.n}, got {self.ks}")
         if self.n > 0 and not (isinstance(self.temperature, (int, float)) and 0 < self.temperature <= 10):
             raise ConfigError(f"temperature must be in (0, 10] for sampling, got {self.temperature!r}")
+        if self.calculator is not None and not isinstance(self.calculator, bool):
+            raise ConfigError(f"calculator must be true, false or unset, got {self.calculator!r}")
+        if self.verifier is not None and self.n < 2:
+            raise ConfigError(f"re-ranking with a verifier needs n >= 2 sampled answers per item, got n={self.n}")
+        if self.rerank_top_k is not None:
+            if self.verifier is None:
+                raise ConfigError("rerank_top_k needs a verifier to re-rank with")
+            k = self.rerank_top_k
+            if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.n:
+                raise ConfigError(f"rerank_top_k must be between 1 and n={self.n}, got {k!r}")
 
     @property
     def k_values(self) -> list[int]:
@@ -123,6 +157,11 @@ class EvalConfig:
         if self.n == 0:
             return []
         return sorted(set(self.ks if self.ks is not None else [1, self.n]))
+
+    @property
+    def top_k(self) -> int:
+        """K of the top-K re-ranking strategies: `rerank_top_k`, else min(8, n // 2) (at least 1)."""
+        return self.rerank_top_k if self.rerank_top_k is not None else max(1, min(RERANK_TOP_K, self.n // 2))
 
 
 @dataclass
@@ -151,35 +190,50 @@ def score_greedy(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
-def score_sampled(records_by_question: Mapping[str, Sequence[Mapping[str, Any]]], ks: Sequence[int]
-                  ) -> dict[str, Any]:
+def score_sampled(records_by_question: Mapping[str, Sequence[Mapping[str, Any]]], ks: Sequence[int],
+                  checker: AnswerChecker | None = None) -> dict[str, Any]:
     """Unbiased pass@k (flexible, and strict as `pass@k_strict`) averaged over questions, and maj@k: the
     majority vote over each question's first k flexible answers (ties go to the answer seen first; missing
-    answers do not vote) compared with its gold answer.
+    answers do not vote) compared with its gold answer, both through `checker` (default gsm8k).
 
     Each record needs `answer` (flexible), `correct`, `correct_flexible` and `gold`, in sample order.
     """
+    checker = checker or answer_checker()
     groups = [list(g) for g in records_by_question.values()]
     scores: dict[str, Any] = {"questions": len(groups)}
     for k in ks:
         scores[f"pass@{k}"] = _mean([pass_at_k(len(g), sum(bool(r["correct_flexible"]) for r in g), k)
                                      for g in groups])
-        scores[f"maj@{k}"] = _mean([float(maj_at_k([r["answer"] for r in g], g[0]["gold"], k)) for g in groups])
+        majorities = [choose(cluster_answers([r["answer"] for r in g[:k]], checker), "maj") for g in groups]
+        verdicts = checker.equivalent_many([(c.answer if c else None, g[0]["gold"])
+                                            for c, g in zip(majorities, groups)])
+        scores[f"maj@{k}"] = _mean([float(v) for v in verdicts])
         scores[f"pass@{k}_strict"] = _mean([pass_at_k(len(g), sum(bool(r["correct"]) for r in g), k)
                                             for g in groups])
     return scores
+
+
+def score_reranked(items: Sequence[Mapping[str, Any]], n: int, top_k: int) -> dict[str, Any]:
+    """Re-ranked accuracy at n samples, `{strategy}@{n}` for rr_topk, weighted and weighted_topk (maj@n is
+    `score_sampled`'s), from each item's `reranked_correct`; `rerank_top_k` is the K they used."""
+    scores: dict[str, Any] = {f"{s}@{n}": _mean([float(it["reranked_correct"][s]) for it in items])
+                              for s in STRATEGIES if s != "maj"}
+    return {**scores, "rerank_top_k": top_k}
 
 
 def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-def _metrics(items: Sequence[Mapping[str, Any]], config: EvalConfig) -> dict[str, Any]:
+def _metrics(items: Sequence[Mapping[str, Any]], config: EvalConfig, checker: AnswerChecker) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     if config.greedy:
         metrics.update(score_greedy(items))
     if config.n:
-        metrics.update(score_sampled({it["question_id"]: it["samples"] for it in items}, config.k_values))
+        metrics.update(score_sampled({it["question_id"]: it["samples"] for it in items}, config.k_values,
+                                     checker))
+    if config.verifier:
+        metrics.update(score_reranked(items, config.n, config.top_k))
     return metrics
 
 
@@ -190,24 +244,36 @@ ChunkFn = Callable[[list[dict[str, Any]], float, int], None]
 
 
 def evaluate_problems(problems: Sequence[Problem], decode_fn: DecodeFn, config: EvalConfig, model_version: str,
-                      on_chunk: ChunkFn | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+                      on_chunk: ChunkFn | None = None, score_fn: ScoreFn | None = None
+                      ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The evaluation: decode every problem through `decode_fn` (greedy and/or `config.n` samples, as `config`
-    says), `config.batch_size` problems per call, check each answer against its gold one, and return the items
-    (one per problem, in order; see the module docstring) and their metrics (`score_greedy`, `score_sampled`).
-    `on_chunk` sees each chunk's items, decode seconds and generated tokens as soon as the chunk is done."""
+    says), `config.batch_size` problems per call, check each answer against its gold one with the problems'
+    answer checker, score the samples with `score_fn` and re-rank them when `config.verifier` is set, and
+    return the items (one per problem, in order; see the module docstring) and their metrics (`score_greedy`,
+    `score_sampled`, `score_reranked`). `on_chunk` sees each chunk's items, decode seconds and generated
+    tokens as soon as the chunk is done. `config.calculator` None follows the problems (`ProblemSet.calculator`)."""
+    if config.verifier and score_fn is None:
+        raise ConfigError(f"re-ranking with verifier {config.verifier!r} needs a score_fn")
+    if config.calculator is None:
+        config = replace(config, calculator=ProblemSet(list(problems)).calculator)
+    checker = answer_checker(ProblemSet(list(problems)).answer_format)
     items: list[dict[str, Any]] = []
     for start in range(0, len(problems), config.batch_size):
         chunk_items, seconds, tokens = _evaluate_chunk(problems[start:start + config.batch_size], decode_fn,
-                                                       config, model_version)
+                                                       config, model_version, checker, score_fn)
         items.extend(chunk_items)
         if on_chunk:
             on_chunk(chunk_items, seconds, tokens)
-    return items, _metrics(items, config)
+    return items, _metrics(items, config, checker)
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def local_decoder(checkpoint: str | Path, batch_size: int = 64) -> DecodeFn:
     """A decode_fn that runs `checkpoint` in this process (on the GPU when there is one)."""
-    model, tokenizer = load_policy(checkpoint, device="cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = load_policy(checkpoint, device=_device())
 
     def decode(rows: list[DecodeRequest]) -> list[Decoded]:
         return decode_all(model, tokenizer, rows, batch_size=batch_size)
@@ -215,22 +281,37 @@ def local_decoder(checkpoint: str | Path, batch_size: int = 64) -> DecodeFn:
     return decode
 
 
+def local_scorer(checkpoint: str | Path, batch_size: int = 16) -> ScoreFn:
+    """A score_fn that runs the verifier `checkpoint` in this process (loaded once, on the GPU when there is
+    one). CheckpointError when the folder is not a causal LM checkpoint."""
+    model, tokenizer = load_policy(checkpoint, device=_device())
+
+    def score(questions: list[str], completions: list[str]) -> list[float]:
+        return score_candidates(model, tokenizer, questions, completions, batch_size=batch_size)
+
+    return score
+
+
 def evaluate_files(config: EvalConfig, decode_fn: DecodeFn, out_dir: str | Path, model_version: str,
-                   calculators: Sequence[bool] | None = None, progress: bool = True) -> list[dict[str, Any]]:
+                   calculators: Sequence[bool | None] | None = None, progress: bool = True,
+                   score_fn: ScoreFn | None = None) -> list[dict[str, Any]]:
     """Evaluate every file in `config.data`, once per calculator setting (`[True, False]` is the calculator
-    ablation; None means `[config.calculator]`). Writes eval.json and eval.md into out_dir; returns one
-    result per run (see `evaluate_file`). Every file is read and every resume checked before decoding."""
+    ablation; None means `[config.calculator]`, and a None setting follows each file's data). Writes eval.json
+    and eval.md into out_dir; returns one result per run (see `evaluate_file`). Every file is read and every
+    resume checked before decoding. `score_fn` scores the samples for re-ranking (`config.verifier`)."""
     out_dir = Path(out_dir)
     plans = plan_runs(config, out_dir, calculators)
-    results = [_run(plan, decode_fn, out_dir, model_version, progress) for plan in plans]
+    results = [_run(plan, decode_fn, out_dir, model_version, progress, score_fn) for plan in plans]
     atomic_write_text(out_dir / "eval.md", markdown_report(load_results(out_dir)))
     return results
 
 
 def evaluate_file(path: str | Path, decode_fn: DecodeFn, config: EvalConfig, out_dir: str | Path,
-                  model_version: str, progress: bool = True, name: str | None = None) -> dict[str, Any]:
-    """Evaluate one file with `config.calculator`; records go to the run `name` in `<out_dir>/eval.json`
-    (default: the file's stem, or `parent/stem` for a split name such as `gsm8k/test`). Returns the run's
+                  model_version: str, progress: bool = True, name: str | None = None,
+                  score_fn: ScoreFn | None = None) -> dict[str, Any]:
+    """Evaluate one file with `config.calculator` (None: the data's); records go to the run `name` in
+    `<out_dir>/eval.json`
+        (default: the file's stem, or `parent/stem` for a split name such as `gsm8k/test`). Returns the run's
     result: name, data (path, loaded, evaluated, skipped and why), config, metrics, throughput, resumed
     (items found done), model_versions and the eval.json path.
 
@@ -238,12 +319,14 @@ def evaluate_file(path: str | Path, decode_fn: DecodeFn, config: EvalConfig, out
     """
     path, out_dir = Path(path), Path(out_dir)
     problems = load_problems(path, config.fmt)
+    config = _for_data(config, config.calculator, problems)
     name = name or _run_name(_labels([path])[0], config.calculator)
     done = _check_resumable(_read_doc(out_dir), name, _run_config(config, problems))
-    return _run(PlannedRun(name, path, problems, config, done), decode_fn, out_dir, model_version, progress)
+    return _run(PlannedRun(name, path, problems, config, done), decode_fn, out_dir, model_version, progress,
+                score_fn)
 
 
-def plan_runs(config: EvalConfig, out_dir: str | Path, calculators: Sequence[bool] | None = None
+def plan_runs(config: EvalConfig, out_dir: str | Path, calculators: Sequence[bool | None] | None = None
               ) -> list[PlannedRun]:
     """Read every data file and check each run against eval.json, without decoding anything: a bad file or
     a resume with other settings fails here, before a model is loaded. Raises DataError / ConfigError."""
@@ -259,17 +342,23 @@ def plan_runs(config: EvalConfig, out_dir: str | Path, calculators: Sequence[boo
     for path, label in zip(paths, labels):
         problems = load_problems(path, config.fmt)
         for calculator in calculators:
-            run_config = replace(config, calculator=bool(calculator))
-            name = _run_name(label, calculator)
+            run_config = _for_data(config, calculator, problems)
+            name = _run_name(label, run_config.calculator)
             done = _check_resumable(doc, name, _run_config(run_config, problems))
             plans.append(PlannedRun(name, path, problems, run_config, done))
     return plans
 
 
-def _run(plan: PlannedRun, decode_fn: DecodeFn, out_dir: Path, model_version: str,
-         progress: bool) -> dict[str, Any]:
+def _for_data(config: EvalConfig, calculator: bool | None, problems: ProblemSet) -> EvalConfig:
+    """`config` with `calculator`, or where that is None, the calculator `problems` call for."""
+    return replace(config, calculator=problems.calculator if calculator is None else bool(calculator))
+
+
+def _run(plan: PlannedRun, decode_fn: DecodeFn, out_dir: Path, model_version: str, progress: bool,
+         score_fn: ScoreFn | None) -> dict[str, Any]:
     """One run of `evaluate_files`: evaluate the items eval.json does not hold yet, saving it after each chunk."""
     config = plan.config
+    checker = answer_checker(plan.problems.answer_format)
     problems = _limited(plan.problems, config)
     run_config = _run_config(config, plan.problems)
     doc = _read_doc(out_dir)
@@ -283,7 +372,7 @@ def _run(plan: PlannedRun, decode_fn: DecodeFn, out_dir: Path, model_version: st
 
     def save() -> None:
         run["complete"] = len(run["items"]) == len(problems)
-        _summarize(run, config)
+        _summarize(run, config, checker)
         doc["runs"][plan.name] = run
         atomic_write_text(out_dir / EVAL_FILE, json.dumps(doc, indent=1, ensure_ascii=False))
 
@@ -299,16 +388,16 @@ def _run(plan: PlannedRun, decode_fn: DecodeFn, out_dir: Path, model_version: st
             if config.greedy:
                 bar.set_postfix(acc=f"{run['metrics']['greedy_flexible']:.1%}", refresh=False)
 
-        evaluate_problems(todo, decode_fn, config, model_version, on_chunk=on_chunk)
+        evaluate_problems(todo, decode_fn, config, model_version, on_chunk=on_chunk, score_fn=score_fn)
     if not todo:  # nothing left to decode (a finished run asked again): still record the final state
         save()
     return {**_result(run), "resumed": resumed, "eval_json": str(out_dir / EVAL_FILE)}
 
 
-def _evaluate_chunk(chunk: Sequence[Problem], decode_fn: DecodeFn, config: EvalConfig,
-                    model_version: str) -> tuple[list[dict[str, Any]], float, int]:
-    """Decode one chunk's greedy and sampled rows in a single decode_fn call; return its items, the decode
-    seconds and the generated tokens."""
+def _evaluate_chunk(chunk: Sequence[Problem], decode_fn: DecodeFn, config: EvalConfig, model_version: str,
+                    checker: AnswerChecker, score_fn: ScoreFn | None) -> tuple[list[dict[str, Any]], float, int]:
+    """Decode one chunk's greedy and sampled rows in a single decode_fn call (and score the samples in one
+    score_fn call when re-ranking); return its items, the decode seconds and the generated tokens."""
     greedy = DecodeParams(n=1, temperature=0.0, max_new_tokens=config.max_new_tokens,
                             calculator=config.calculator, seed=config.seed)
     sampled = DecodeParams(n=config.n, temperature=config.temperature, max_new_tokens=config.max_new_tokens,
@@ -325,6 +414,8 @@ def _evaluate_chunk(chunk: Sequence[Problem], decode_fn: DecodeFn, config: EvalC
     greedy_records = (_with_versions(to_records(chunk, greedy, decoded[:split], model_version), versions[:split])
                       if config.greedy else [])
     sample_records = _with_versions(to_records(chunk, sampled, decoded[split:], model_version), versions[split:])
+    scores = (score_fn([r["question"] for r in sample_records], [r["completion"] for r in sample_records])
+              if config.verifier and score_fn else [])
     items = []
     for i, problem in enumerate(chunk):
         item: dict[str, Any] = {"question_id": problem.id, "question": problem.question, "gold": problem.answer}
@@ -337,13 +428,29 @@ def _evaluate_chunk(chunk: Sequence[Problem], decode_fn: DecodeFn, config: EvalC
         if config.n:
             samples = sample_records[i * config.n:(i + 1) * config.n]
             answers = [s["answer"] for s in samples]
-            majority, votes = majority_vote(answers)
-            item.update(sampled_answers=answers, majority=majority, votes=votes,
-                        majority_correct=answers_match(majority, problem.answer),
+            clusters = cluster_answers(answers, checker)
+            majority = choose(clusters, "maj")
+            item.update(sampled_answers=answers, majority=majority.answer if majority else None,
+                        votes=majority.votes if majority else 0,
+                        majority_correct=checker.equivalent(majority.answer if majority else None, problem.answer),
                         samples=[{k: v for k, v in s.items() if k not in ("question_id", "question", "prompt")}
                                  for s in samples])
+            if scores:
+                item.update(_reranked(clusters, scores[i * config.n:(i + 1) * config.n], problem, config,
+                                      checker))
         items.append(item)
     return items, seconds, sum(d.num_tokens for d in decoded)
+
+
+def _reranked(clusters: Sequence[Any], scores: Sequence[float], problem: Problem, config: EvalConfig,
+              checker: AnswerChecker) -> dict[str, Any]:
+    """One item's verifier scores and, for each re-ranking strategy, the answer it chooses and whether that is
+    the gold answer."""
+    chosen = {s: choose(clusters, s, scores, config.top_k) for s in STRATEGIES if s != "maj"}
+    answers = {s: c.answer if c else None for s, c in chosen.items()}
+    verdicts = checker.equivalent_many([(answer, problem.answer) for answer in answers.values()])
+    return {"verifier_scores": [float(s) for s in scores], "reranked": answers,
+            "reranked_correct": dict(zip(answers, verdicts))}
 
 
 def _with_versions(records: list[dict[str, Any]], versions: Sequence[str]) -> list[dict[str, Any]]:
@@ -358,12 +465,15 @@ def _with_versions(records: list[dict[str, Any]], versions: Sequence[str]) -> li
 def _run_config(config: EvalConfig, problems: ProblemSet) -> dict[str, Any]:
     """The settings that decide a run's results; a resume must match every one."""
     sampled = config.n > 0
-    return {
+    run_config = {
         "model": config.model, "problems_sha256": _problems_digest(_limited(problems, config)),
         "greedy": config.greedy, "n": config.n, "ks": config.k_values,
         "temperature": config.temperature if sampled else None, "seed": config.seed if sampled else None,
         "max_new_tokens": config.max_new_tokens, "calculator": config.calculator,
     }
+    if config.verifier:  # only re-ranked runs carry these, so a run without a verifier keeps its stored config
+        run_config.update(verifier=config.verifier, rerank_top_k=config.top_k)
+    return run_config
 
 
 def _problems_digest(problems: Sequence[Problem]) -> str:
@@ -383,7 +493,8 @@ def _new_run(plan: PlannedRun, run_config: dict[str, Any]) -> dict[str, Any]:
     problems = plan.problems
     return {
         "name": plan.name, "config": run_config,
-        "data": {"path": str(plan.path), "format": plan.config.fmt, "loaded": len(problems),
+        "data": {"path": str(plan.path), "format": plan.config.fmt, "answer_format": problems.answer_format,
+                 "loaded": len(problems),
                  "evaluated": len(_limited(problems, plan.config)), "limit": plan.config.limit,
                  "skipped": problems.skipped, "skipped_reasons": problems.skipped_reasons},
         "complete": False, "metrics": {}, "throughput": {}, "model_versions": [],
@@ -392,9 +503,9 @@ def _new_run(plan: PlannedRun, run_config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _summarize(run: dict[str, Any], config: EvalConfig) -> None:
+def _summarize(run: dict[str, Any], config: EvalConfig, checker: AnswerChecker) -> None:
     """Recompute metrics, throughput and versions from the run's items and timing (after every chunk)."""
-    run["metrics"] = _metrics(run["items"], config)
+    run["metrics"] = _metrics(run["items"], config, checker)
     timing = run["timing"]
     seconds = timing["decode_seconds"]
     run["throughput"] = {
@@ -488,6 +599,9 @@ def _columns(results: Sequence[Mapping[str, Any]]) -> list[tuple[str, Callable[[
     ks = sorted({int(key[5:]) for key in keys if key.startswith("pass@") and not key.endswith("_strict")})
     columns += [(f"pass@{k}", pct(f"pass@{k}")) for k in ks]
     columns += [(f"maj@{k}", pct(f"maj@{k}")) for k in ks]
+    reranked = sorted({key for key in keys if key.split("@")[0] in STRATEGIES and not key.startswith("maj@")},
+                      key=lambda key: (int(key.split("@")[1]), STRATEGIES.index(key.split("@")[0])))
+    columns += [(key, pct(key)) for key in reranked]
     return columns
 
 
@@ -532,6 +646,15 @@ def format_skipped(result: Mapping[str, Any], show: int = 5) -> str | None:
     return "\n".join(lines)
 
 
+def format_rerank(result: Mapping[str, Any]) -> str | None:
+    """`gsm8k: re-ranked 16 samples per item with verifier PATH, top-K K=8`, or None without a verifier."""
+    config = result["config"]
+    if not config.get("verifier"):
+        return None
+    return (f"{result['name']}: re-ranked {config['n']} samples per item with verifier {config['verifier']}; "
+            f"rr_topk and weighted_topk keep the {config['rerank_top_k']} largest answer clusters")
+
+
 def markdown_report(results: Sequence[Mapping[str, Any]]) -> str:
     """eval.md: the table, the settings it was made with, and the items the loaders skipped."""
     models = sorted({v for r in results for v in r.get("model_versions", [])})
@@ -540,6 +663,13 @@ def markdown_report(results: Sequence[Mapping[str, Any]]) -> str:
              "Accuracies in percent. Greedy strict reads only the `#### N` answer, flexible falls back to the last "
              "number; pass@k (unbiased) and maj@k use flexible extraction.", "",
              markdown_table(results).rstrip("\n")]
+    reranked = [line for r in results if (line := format_rerank(r))]
+    if reranked:
+        lines += ["", "Re-ranking (Liu et al. 2023): rr_topk is the answer of the best-scored solution within the "
+                  "top-K clusters, weighted the cluster with the largest summed verifier score, weighted_topk the "
+                  "same within the top-K.", *[f"- {line}" for line in reranked]]
+    if any(r["data"].get("answer_format") == "boxed" for r in results):
+        lines += ["", "Boxed (MATH-format) data: strict reads the last `\\boxed{}`, answers compare by math-verify."]
     partial = [r["name"] for r in results if not r.get("complete")]
     if partial:
         lines += ["", f"Partial (interrupted) runs: {', '.join(partial)}."]
