@@ -136,3 +136,37 @@ def sft_result(ray_cluster, base_checkpoint, synthetic_dir, tmp_path_factory):
         model_path=str(base_checkpoint), data_path=str(synthetic_dir / "labeled.jsonl"),
         output_dir=str(out / "sft-0"), max_steps=120, save_steps=60, logging_steps=20,
         per_device_train_batch_size=8, learning_rate=3e-3, num_workers=2, run_name="test-sft"))
+
+
+def tiny_run_config(root: Path, name: str, port: int, warm_up: dict | None = None) -> dict:
+    """configs/tiny.yaml for one test run under `root`; with `warm_up`, the run starts from that trained
+    warm-up model (`model.warmup`), so its sft-0 is recorded, not trained, and its only SFT (sft-1) is short:
+    100 steps still prove training, resuming and promotion."""
+    import yaml
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml").read_text())
+    raw["name"] = name
+    raw["storage"] = {"root": str(root / "runs")}
+    raw["serving"]["port"] = port
+    if warm_up:
+        raw["model"] = {"path": warm_up["base"], "warmup": warm_up["checkpoint"]}
+        raw["training"]["sft"]["max_steps"] = 100
+    return raw
+
+
+@pytest.fixture(scope="session")
+def tiny_warm_up(ray_cluster, base_checkpoint, tmp_path_factory) -> dict:
+    """The tiny run's warm-up model, trained once for every run that starts from it: what sft-0 trains in a
+    tiny run (its SFT settings, on its labeled split, from the session's base model) with the real path (Ray
+    Train, DeepSpeed, TRL). Strong enough that its samples yield DPO pairs and its rationales carry calculator
+    annotations (`<<expr=result>>`)."""
+    from cluster.config import parse_config
+    from trainers.data.synthetic import build_synthetic_task
+    from trainers.training.ray_train import train_sft
+
+    out = tmp_path_factory.mktemp("warm-up")
+    config = parse_config(tiny_run_config(out, "tiny-warm-up", free_port()))
+    task = build_synthetic_task(config.synthetic_config(), out / "task")
+    result = train_sft(config.stage_config("sft", model_path=str(base_checkpoint), data_path=str(task["labeled"]),
+                                           output_dir=str(out / "sft-0"), run_name="tiny-warm-up"))
+    return {"base": str(base_checkpoint), "checkpoint": str(result.checkpoint)}

@@ -1,5 +1,6 @@
-"""The coordinator on a real local Ray cluster: a tiny DPO-ST run end to end from a cached warm-up model,
-killed mid-iteration and resumed, and the same loop submitted as a Ray job through the cluster's Jobs API."""
+"""The coordinator on a real local Ray cluster: a tiny DPO-ST run end to end from the session's trained warm-up
+model (`tiny_warm_up` in tests/conftest.py), killed mid-iteration and resumed, and the same loop submitted as a Ray
+job through the cluster's Jobs API."""
 
 from __future__ import annotations
 
@@ -17,23 +18,10 @@ import yaml
 
 from cluster.config import load_config, parse_config
 from cluster.rundir import read_jsonl
-from tests.conftest import free_port
+from tests.conftest import tiny_run_config
 
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_config(tmp_path: Path, name: str, port: int, warm_up: dict | None = None) -> dict:
-    """configs/tiny.yaml for one test run; with `warm_up`, the run starts from that cached warm-up model."""
-    raw = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
-    raw["name"] = name
-    raw["storage"] = {"root": str(tmp_path / "runs")}
-    raw["serving"]["port"] = port
-    if warm_up:
-        raw["model"] = {"path": warm_up["base"], "warmup": warm_up["checkpoint"]}
-        # only sft-1 trains SFT here: a short one still proves training, resuming and promotion
-        raw["training"]["sft"]["max_steps"] = 100
-    return raw
 
 
 def _digest(path: str) -> tuple[str, float]:
@@ -55,29 +43,13 @@ def _wait_for(manifest_path: Path, ready, what: str, timeout_s: float = 900) -> 
 
 
 @pytest.fixture(scope="module")
-def warm_up(ray_cluster, base_checkpoint, tmp_path_factory) -> dict:
-    """The tiny run's warm-up model, trained once for every run in this module: what sft-0 trains in a tiny
-    run (its SFT settings, on its labeled split, from the session's base model) with the real path (Ray Train,
-    DeepSpeed, TRL). Strong enough that the warm-up's samples yield DPO pairs."""
-    from trainers.data.synthetic import build_synthetic_task
-    from trainers.training.ray_train import train_sft
-
-    out = tmp_path_factory.mktemp("warm-up")
-    config = parse_config(tiny_config(out, "tiny-warm-up", free_port()))
-    task = build_synthetic_task(config.synthetic_config(), out / "task")
-    result = train_sft(config.stage_config("sft", model_path=str(base_checkpoint), data_path=str(task["labeled"]),
-                                           output_dir=str(out / "sft-0"), run_name="tiny-warm-up"))
-    return {"base": str(base_checkpoint), "checkpoint": str(result.checkpoint)}
-
-
-@pytest.fixture(scope="module")
-def clean_run(ray_cluster, serve_port, warm_up, tmp_path_factory):
+def clean_run(ray_cluster, serve_port, tiny_warm_up, tmp_path_factory):
     """The reference: the same tiny run (same seed), never interrupted."""
     import ray
 
     from cluster.job import start_coordinator
 
-    config = parse_config(tiny_config(tmp_path_factory.mktemp("clean"), "tiny-clean", serve_port, warm_up))
+    config = parse_config(tiny_run_config(tmp_path_factory.mktemp("clean"), "tiny-clean", serve_port, tiny_warm_up))
     coordinator = start_coordinator(config, detached=False)
     ray.get(coordinator.run.remote(), timeout=900)
     ray.kill(coordinator, no_restart=True)
@@ -85,7 +57,7 @@ def clean_run(ray_cluster, serve_port, warm_up, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def killed_and_resumed_run(clean_run, ray_cluster, serve_port, warm_up, tmp_path_factory):
+def killed_and_resumed_run(clean_run, ray_cluster, serve_port, tiny_warm_up, tmp_path_factory):
     """Start a run and kill its coordinator twice, at different stages, letting Ray restart it each time:
     first right after the first sampling stage, then in the middle of sft-1's Ray Train run."""
     import ray
@@ -93,7 +65,7 @@ def killed_and_resumed_run(clean_run, ray_cluster, serve_port, warm_up, tmp_path
 
     from cluster.job import start_coordinator
 
-    config = parse_config(tiny_config(tmp_path_factory.mktemp("coord"), "tiny-kill", serve_port, warm_up))
+    config = parse_config(tiny_run_config(tmp_path_factory.mktemp("coord"), "tiny-kill", serve_port, tiny_warm_up))
     coordinator = start_coordinator(config, detached=False)
     result_ref = coordinator.run.remote()
     manifest_path = config.run_dir / "manifest.json"
@@ -216,7 +188,7 @@ def test_bad_run_config_is_one_clear_error(tmp_path):
     assert main(["status", "--root", str(tmp_path)]) == 2
 
 
-def test_submitted_job_runs_to_completion_and_status_shows_its_stages(jobs_address, serve_port, warm_up,
+def test_submitted_job_runs_to_completion_and_status_shows_its_stages(jobs_address, serve_port, tiny_warm_up,
                                                                      tmp_path):
     """`dpost submit` through the session cluster's Jobs API: the job's driver joins that cluster, runs the
     loop on a detached coordinator and exits when the run is done."""
@@ -225,7 +197,7 @@ def test_submitted_job_runs_to_completion_and_status_shows_its_stages(jobs_addre
     from cluster.job import coordinator_name
     from services.registry import NAMESPACE
 
-    raw = tiny_config(tmp_path, "tiny-job", serve_port, warm_up)
+    raw = tiny_run_config(tmp_path, "tiny-job", serve_port, tiny_warm_up)
     raw["mode"] = "st"  # the DPO step and accuracy are covered above; this checks the job plumbing, briefly
     raw["training"]["sft"]["max_steps"] = 30
     config_path = tmp_path / "job.yaml"

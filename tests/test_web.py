@@ -16,14 +16,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 from ray import serve
 
 from cluster.config import parse_config
 from services.app import solver_app
+from tests.conftest import tiny_run_config
 
 pytestmark = pytest.mark.ray
-ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"  # Debian's; .ci/run installs it
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync"]
@@ -32,16 +31,12 @@ ANNOTATION = re.compile(r"<<([^<>=]*)=([^<>]*)>>")
 
 
 @pytest.fixture(scope="module")
-def running_run(ray_cluster, serve_port, base_checkpoint, tmp_path_factory):
-    """The tiny run (configs/tiny.yaml, one DPO-ST iteration, from the session's base model), started: the run
-    view needs every kind of stage, and the ask view a live model that writes calculator annotations."""
+def running_run(ray_cluster, serve_port, tiny_warm_up, tmp_path_factory):
+    """The tiny run (configs/tiny.yaml, one DPO-ST iteration, from the session's trained warm-up), started: the
+    run view needs every kind of stage, and the ask view a live model that writes calculator annotations."""
     from cluster.job import start_coordinator
 
-    raw = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
-    raw.update(name="tiny-web", storage={"root": str(tmp_path_factory.mktemp("web") / "runs")})
-    raw["serving"]["port"] = serve_port
-    raw["model"] = {"path": str(base_checkpoint)}
-    config = parse_config(raw)
+    config = parse_config(tiny_run_config(tmp_path_factory.mktemp("web"), "tiny-web", serve_port, tiny_warm_up))
     coordinator = start_coordinator(config, detached=False)
     return config, coordinator, coordinator.run.remote()
 
