@@ -33,8 +33,8 @@ def test_synthesizer_trained_on_ray_writes_problems_whose_filter_and_vote_counts
     data = tmp_path / "synthesizer.jsonl"
     data.write_text("".join(json.dumps(e) + "\n" for e in examples))
     result = train_sft(SFTStageConfig(
-        model_path=str(base_checkpoint), data_path=str(data), output_dir=str(tmp_path / "synth-1"), max_steps=300,
-        logging_steps=50, save_steps=100, per_device_train_batch_size=8, learning_rate=3e-3, num_workers=1,
+        model_path=str(base_checkpoint), data_path=str(data), output_dir=str(tmp_path / "synth-1"), max_steps=150,
+        logging_steps=50, save_steps=150, per_device_train_batch_size=8, learning_rate=3e-3, num_workers=1,
         run_name="test-synthesizer"))
     losses = [h["loss"] for h in result.metrics["log_history"] if "loss" in h]
     assert len(losses) >= 3 and losses[-1] < losses[0], losses
@@ -51,7 +51,7 @@ def test_synthesizer_trained_on_ray_writes_problems_whose_filter_and_vote_counts
     counts = list(report.as_dict().values())
     assert counts[0] == len(written) == config.problems_per_iteration
     assert all(a >= b for a, b in zip(counts, counts[1:])), report.summary()
-    # 300 steps teach the tiny model the taught shape (question, `Solution:`, `#### N`) for most prompts
+    # 150 steps teach the tiny model the taught shape (question, `Solution:`, `#### N`) for some prompts at least
     assert 1 <= report.parseable == sum(parse_generated(t) is not None for t in written), written
     assert len(kept) == report.decontamination
     prompts = generation_prompts(labeled, seeds, config.problems_per_iteration, config.seed_chars, seed=0)
