@@ -47,7 +47,7 @@ from trainers.core.answers import AnswerChecker, answer_checker, format_answer
 from trainers.core.errors import ConfigError
 from trainers.core.files import atomic_write_text
 from trainers.core.metrics import accuracy, pass_at_k
-from trainers.core.rerank import STRATEGIES, choose, cluster_answers
+from trainers.core.rerank import STRATEGIES, Cluster, choose, cluster_answers
 from trainers.data.problems import Problem, ProblemSet, load_problems
 from trainers.engine.decoding import MAX_NEW_TOKENS, Decoded, DecodeRequest, decode_all
 from trainers.engine.rows import DecodeParams, make_requests, to_records
@@ -254,9 +254,9 @@ def evaluate_problems(problems: Sequence[Problem], decode_fn: DecodeFn, config: 
     tokens as soon as the chunk is done. `config.calculator` None follows the problems (`ProblemSet.calculator`)."""
     if config.verifier and score_fn is None:
         raise ConfigError(f"re-ranking with verifier {config.verifier!r} needs a score_fn")
-    if config.calculator is None:
-        config = replace(config, calculator=ProblemSet(list(problems)).calculator)
-    checker = answer_checker(ProblemSet(list(problems)).answer_format)
+    problem_set = ProblemSet(list(problems))
+    config = _for_data(config, config.calculator, problem_set)
+    checker = answer_checker(problem_set.answer_format)
     items: list[dict[str, Any]] = []
     for start in range(0, len(problems), config.batch_size):
         chunk_items, seconds, tokens = _evaluate_chunk(problems[start:start + config.batch_size], decode_fn,
@@ -442,7 +442,7 @@ def _evaluate_chunk(chunk: Sequence[Problem], decode_fn: DecodeFn, config: EvalC
     return items, seconds, sum(d.num_tokens for d in decoded)
 
 
-def _reranked(clusters: Sequence[Any], scores: Sequence[float], problem: Problem, config: EvalConfig,
+def _reranked(clusters: Sequence[Cluster], scores: Sequence[float], problem: Problem, config: EvalConfig,
               checker: AnswerChecker) -> dict[str, Any]:
     """One item's verifier scores and, for each re-ranking strategy, the answer it chooses and whether that is
     the gold answer."""
