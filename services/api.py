@@ -31,8 +31,8 @@ from services.config import ServingConfig
 from services.registry import get_registry
 from services.streaming import TextStream, sse
 from services.web import router as web_router
-from trainers.core.answers import answers_match, cut_after_answer, extract_answer, format_answer
-from trainers.core.metrics import majority_vote
+from trainers.core.answers import cut_after_answer, extract_answer, format_answer
+from trainers.core.rerank import cluster_answers
 from trainers.core.prompting import format_prompt
 
 app = FastAPI(title="dpost solver", version="1")
@@ -75,18 +75,10 @@ def _random_seed() -> int:
 
 def clusters(texts: list[str], answers: list[float | None], overrides: list[list[dict[str, str]]]
              ) -> list[dict[str, Any]]:
-    """Samples grouped by final answer, most votes first: the majority vote, then the majority of the rest,
-    and so on (ties go to the first seen, as in `majority_vote`)."""
-    left = list(range(len(texts)))
-    found = []
-    while True:
-        winner, votes = majority_vote([answers[i] for i in left])
-        if winner is None:
-            return found
-        members = [i for i in left if answers_match(answers[i], winner)]
-        found.append({"answer": format_answer(winner), "votes": votes, "rationale": texts[members[0]],
-                      "calculator_overrides": overrides[members[0]]})
-        left = [i for i in left if i not in members]
+    """Samples grouped by final answer, most votes first (ties go to the first seen), by the same clustering
+    that `majority_vote` and re-ranking use."""
+    return [{"answer": format_answer(c.answer), "votes": c.votes, "rationale": texts[c.members[0]],
+             "calculator_overrides": overrides[c.members[0]]} for c in cluster_answers(answers)]
 
 
 def _usage(outputs: list[dict[str, Any]], n: int) -> dict[str, int]:
