@@ -7,32 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from cluster.rundir import RunDir, atomic_write_text
-
-
-def _iterations(manifest: dict[str, Any]) -> list[dict[str, Any]]:
-    rows = []
-    stages, versions = manifest["stages"], manifest["versions"]
-    t = 0
-    while f"sft-{t}" in versions:
-        v = versions[f"sft-{t}"]
-        row = {"iteration": t, "version": f"sft-{t}", "dev": v.get("dev_accuracy"), "test": v.get("test_accuracy")}
-        for key, stage, field in (("pairs", f"it{t}-pairs", "pairs"),
-                                  ("pseudo_labels", f"it{t}-pseudo-labels", "pseudo_labels"),
-                                  ("pseudo_labels", "rft-pseudo-labels", "pseudo_labels"),
-                                  ("solve_rate", f"it{t}-sft-samples", "questions_solved")):
-            entry = stages.get(stage, {})
-            if entry.get("status") == "done" and (t > 0 or key != "pseudo_labels"):
-                value = entry["outputs"].get(field)
-                if key == "solve_rate" and value is not None:
-                    value = value / max(entry["outputs"].get("questions", 1), 1)
-                row.setdefault(key, value)
-        rows.append(row)
-        t += 1
-    return rows
+from services.run_view import iterations
 
 
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _count(x: int | None) -> str:
+    return "-" if x is None else str(x)
 
 
 ACCURACY_COLUMNS = ["iteration", "model", "dev", "test", "DPO pairs", "pseudo-labels",
@@ -40,15 +23,15 @@ ACCURACY_COLUMNS = ["iteration", "model", "dev", "test", "DPO pairs", "pseudo-la
 
 
 def _accuracy_cells(rows: list[dict[str, Any]]) -> list[list[str]]:
-    return [[str(r["iteration"]), r["version"], _pct(r["dev"]), _pct(r["test"]), str(r.get("pairs", "-")),
-             str(r.get("pseudo_labels", "-")), _pct(r.get("solve_rate"))] for r in rows]
+    return [[str(r["iteration"]), r["version"], _pct(r["dev"]), _pct(r["test"]), _count(r["pairs"]),
+             _count(r["pseudo_labels"]), _pct(r["solve_rate"])] for r in rows]
 
 
 def accuracy_table(manifest: dict[str, Any]) -> list[str]:
     """The report's accuracy table as aligned text lines (the console's last word on a run); the live
     solver's row is marked."""
     live = manifest["live"].get("solver")
-    cells = [row + (["live"] if row[1] == live else [""]) for row in _accuracy_cells(_iterations(manifest))]
+    cells = [row + (["live"] if row[1] == live else [""]) for row in _accuracy_cells(iterations(manifest))]
     table = [ACCURACY_COLUMNS + [""]] + cells
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in table]
@@ -56,7 +39,7 @@ def accuracy_table(manifest: dict[str, Any]) -> list[str]:
 
 def write_report(run: RunDir) -> Path:
     m = run.manifest
-    rows = _iterations(m)
+    rows = iterations(m)
     lines = [f"# dpost run `{m.get('name', run.root.name)}`", "",
              f"mode `{m.get('config', {}).get('mode')}`, live solver model: `{m['live'].get('solver')}`", "",
              "## Accuracy per iteration (greedy, calculator on)", "",
