@@ -8,11 +8,12 @@ questions are hard, which warm-up model a seed trained) cancels. With one seed i
 
 Per-question correctness is read from each run's `eval-<version>-test.jsonl` (`correct`: strict `#### N`).
 
-The DPO step's effect on sampling (the paper's Fig. 6) is read from samples the loop draws anyway: in iteration t
-the SFT model f samples `dpo_samples` rationales per question of U_t (for DPO pairs) and the DPO model fd samples K
-(for pseudo-labels), on the same questions at the same temperature. Both are scored on their first k = min of the
-two: pass@1, pass@k and the distinct correct rationales (the pseudo-labels) each yields. Unlike the paper's dev-set
-measurement this is in-sample for the DPO step: its pairs came from f's samples of these questions.
+The DPO step's effect on sampling (the paper's Fig. 6): the SFT model f before the DPO step and the DPO model fd
+after it, each scored on its first k samples per question at the sampling temperature: pass@1, pass@k and the
+distinct correct rationales (the pseudo-labels) each yields. With `evaluation.dpo_effect_samples: k` the run
+samples dev for this, as the paper does. Without it the samples the loop draws anyway stand in: in iteration t, f
+samples `dpo_samples` rationales per question of U_t (for pairs) and fd samples K (for pseudo-labels), k = the
+smaller; that is in-sample for the DPO step, whose pairs came from f's samples of these questions.
 """
 
 from __future__ import annotations
@@ -84,17 +85,24 @@ def correctness(run_dir: Path, version: str, key: str = "test") -> dict[str, boo
 
 
 def sampling_effect(run_dir: Path, iteration: int) -> dict[str, Any] | None:
-    """f (before the DPO step) vs fd (after) on iteration t's questions, from the loop's own samples: per
-    question pass@1 and pass@k over the first k samples of each, and the distinct correct rationales each
-    yields (deduplicated as the run's pseudo-labels are). None when the iteration has no DPO step."""
+    """f (before the DPO step) vs fd (after): per question pass@1 and pass@k over the first k samples of each,
+    and the distinct correct rationales each yields (deduplicated as the run's pseudo-labels are). On dev when
+    the run sampled it for this (`evaluation.dpo_effect_samples`, the paper's Fig. 6); otherwise on the
+    iteration's own unlabeled questions, from the samples the loop draws anyway (in-sample for the DPO step).
+    None when the iteration has no DPO step."""
     manifest = json.loads((Path(run_dir) / "manifest.json").read_text())
     stages, sampling = manifest["stages"], manifest["config"]["sampling"]
-    names = {"sft": f"it{iteration}-dpo-samples", "dpo": f"it{iteration}-sft-samples"}
-    if any(stages.get(n, {}).get("status") != "done" for n in names.values()):
-        return None
-    samples = {model: read_jsonl(Path(stages[n]["outputs"]["path"])) for model, n in names.items()}
+    on_dev = stages.get(f"it{iteration}-dpo-effect", {})
+    if on_dev.get("status") == "done":
+        paths = {model: on_dev["outputs"][f"{model}_path"] for model in ("sft", "dpo")}
+    else:
+        names = {"sft": f"it{iteration}-dpo-samples", "dpo": f"it{iteration}-sft-samples"}
+        if any(stages.get(n, {}).get("status") != "done" for n in names.values()):
+            return None
+        paths = {model: stages[n]["outputs"]["path"] for model, n in names.items()}
+    samples = {model: read_jsonl(Path(path)) for model, path in paths.items()}
     k = min(max(r["sample_index"] for r in records) + 1 for records in samples.values())
-    effect: dict[str, Any] = {"k": k}
+    effect: dict[str, Any] = {"k": k, "on": "dev" if on_dev.get("status") == "done" else "in-sample"}
     for model, records in samples.items():
         by_question: dict[str, list[dict[str, Any]]] = {}
         for r in records:
@@ -189,7 +197,8 @@ def aggregate(experiment: ExperimentConfig, cells: list[Cell]) -> dict[str, Any]
         effects = [sampling_effect(by_cell[("dpo-st", s)], t) for s in seeds]
         if any(e is None for e in effects):
             continue
-        row: dict[str, Any] = {"iteration": t, "k": effects[0]["k"], "questions": len(effects[0]["sft"]["pass1"])}
+        row: dict[str, Any] = {"iteration": t, "k": effects[0]["k"], "on": effects[0]["on"],
+                               "questions": len(effects[0]["sft"]["pass1"])}
         for model in ("sft", "dpo"):
             row[model] = {"pseudo_labels": sum(e[model]["pseudo_labels"] for e in effects) / len(effects),
                           **{metric: interval([list(e[model][metric].values()) for e in effects], samples,
@@ -310,12 +319,18 @@ def fig6_lines(rows: list[dict[str, Any]]) -> list[str]:
     """The DPO step's effect on sampling (see the module docstring for how it differs from the paper's)."""
     if not rows:
         return ["", "The DPO step's effect on sampling (Fig. 6) needs dpo-st cells."]
-    k = rows[0]["k"]
-    lines = ["", "## The DPO step's effect on sampling (Fig. 6, in-sample variant)", "",
+    k, questions = rows[0]["k"], rows[0]["questions"]
+    if rows[0].get("on") == "dev":
+        title, where = "Fig. 6", (f"{k} samples (T=0.7) per question on {questions} dev questions, as the paper "
+                                  "measures it")
+    else:
+        title, where = "Fig. 6, in-sample variant", (
+            f"its first {k} samples (T=0.7) of the iteration's {questions} unlabeled questions, which the loop "
+            "samples anyway. In-sample for the DPO step (its pairs came from these questions), not the paper's "
+            "dev-set pass@10 (`evaluation.dpo_effect_samples` turns that on)")
+    lines = ["", f"## The DPO step's effect on sampling ({title})", "",
              f"Per DPO-ST iteration: the SFT model before the DPO step and the DPO model after it, each scored on "
-             f"its first {k} samples (T=0.7) of the iteration's {rows[0]['questions']} unlabeled questions, which "
-             "the loop samples anyway. In-sample for the DPO step (its pairs came from these questions), not the "
-             f"paper's dev-set pass@10. pass@1 and pass@{k} in %, gain paired per question; pseudo-labels: distinct "
+             f"{where}. pass@1 and pass@{k} in %, gain paired per question; pseudo-labels: distinct "
              "correct rationales (mean over seeds).", "",
              f"| iteration | model | pass@1 | pass@{k} | pseudo-labels |", "|---|---|---|---|---|"]
     for r in rows:

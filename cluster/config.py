@@ -176,6 +176,10 @@ class EvaluationSection(BaseModel):
     evaluate_test: bool = Field(True, description="Evaluate every model on test too, for the report.")
     calculator_ablation: bool = Field(False, description="Also evaluate every model on test without the "
                                                          "calculator (the paper's Fig. 7).")
+    dpo_effect_samples: int = Field(0, ge=0, description="The DPO step's effect on sampling (the paper's Fig. "
+                                    "6): with k > 0, each DPO-ST iteration samples k rationales per dev question "
+                                    "at the sampling temperature from the SFT model before and the DPO model after "
+                                    "the DPO step (pass@1, pass@k, distinct correct rationales). 0: off.")
 
 
 class StorageSection(BaseModel):

@@ -57,6 +57,9 @@ def self_training(config: RunConfig, run: RunDir, progress: Progress) -> dict[st
                 fd = {"version": f"dpo-{t}", **stage(run, f"dpo-{t}", lambda: stages.train(
                     config, run, "dpo", f"dpo-{t}", f["checkpoint"], pairs["path"],
                     progress.for_workers(f"dpo-{t}")), progress)}
+                if config.evaluation.dpo_effect_samples:  # Fig. 6: sampling on dev before vs after the DPO step
+                    stage(run, f"it{t}-dpo-effect", lambda: stages.dpo_step_effect(
+                        config, run, f, fd, data, t, progress.update), progress)
             else:  # no question had both a right and a wrong sample: nothing to prefer
                 progress.log(f"[dpo-{t}] skipped: no preference pairs; sampling from {f['version']} instead")
                 fd = f

@@ -54,6 +54,9 @@ class ExperimentConfig(BaseModel):
     test_questions: int = Field(1000, ge=1, description="Test questions every reported accuracy is measured on.")
     calculator_ablation: bool = Field(True, description="Also evaluate every model on test without the "
                                                         "calculator (Fig. 7).")
+    dpo_effect_samples: int = Field(10, ge=0, description="Rationales per dev question sampled from the SFT "
+                                                          "model before and the DPO model after each DPO step "
+                                                          "(Fig. 6's pass@k); 0: use the loop's own samples.")
     bootstrap_samples: int = Field(2000, ge=100, description="Bootstrap replicates behind every 95% interval.")
     demo: bool = Field(False, description="This matrix measures the demo: its sft-1 vs sft-0 gain goes to the "
                                           "results file's `demo` key, leaving the main matrix's keys as they are.")
@@ -130,7 +133,8 @@ def cell_raw(experiment: ExperimentConfig, base: dict[str, Any], method: str, se
     raw.update(mode="st", iterations=0) if method == "sft" else raw.update(mode=method,
                                                                         iterations=experiment.iterations)
     raw["storage"] = {**(raw.get("storage") or {}), "root": str(experiment.folder)}
-    raw["evaluation"] = {**(raw.get("evaluation") or {}), "calculator_ablation": experiment.calculator_ablation}
+    raw["evaluation"] = {**(raw.get("evaluation") or {}), "calculator_ablation": experiment.calculator_ablation,
+                         "dpo_effect_samples": experiment.dpo_effect_samples}
     training = raw.setdefault("training", {})
     for kind in ("sft", "dpo"):  # the cell's seed decides training too
         if isinstance(training.get(kind), dict):
@@ -169,6 +173,11 @@ def cell_status(config: RunConfig) -> str | None:
         return None
     manifest = json.loads(path.read_text())
     stored, wanted = manifest.get("config"), config.to_dict()
+    if stored is not None:  # read with today's defaults, so a setting added since then is not a difference
+        try:
+            stored = parse_config(stored, where=str(path), check_files=False).to_dict()
+        except ConfigError:
+            pass
     if stored is not None and stored != wanted:
         changed = sorted(k for k in wanted if stored.get(k) != wanted[k])
         raise ConfigError(f"{config.run_dir} was run with another config (differs in {', '.join(changed)}); "

@@ -141,6 +141,22 @@ def _stable(name: str) -> int:
     return zlib.crc32(name.encode()) % 100_000
 
 
+def dpo_step_effect(config: RunConfig, run: RunDir, f: dict[str, Any], fd: dict[str, Any], data: dict[str, Any],
+                    iteration: int, progress: ProgressFn | None = None) -> dict[str, Any]:
+    """The paper's Fig. 6: k rationales per dev question (T as in sampling) from the SFT model before the DPO
+    step (`f`) and the DPO model after it (`fd`); the aggregate step scores pass@1, pass@k and the distinct
+    correct rationales each would yield from these files."""
+    k, limit = config.evaluation.dpo_effect_samples, config.data.dev_limit
+    dev = load_problems(data["dev_path"]).problems
+    questions = write_gsm8k_jsonl(dev[:limit] if limit else dev, run.data / "dev-sampling-questions.jsonl")
+    out: dict[str, Any] = {"k": k}
+    for model, version in (("sft", f), ("dpo", fd)):
+        samples = sample_rationales(config, run, version["version"], version["checkpoint"], str(questions), k,
+                                    f"it{iteration}-dev-samples-{model}", progress)
+        out[f"{model}_path"], out[f"{model}_correct"] = samples["path"], samples["correct"]
+    return out
+
+
 # ------------------------------------------------------------------------------------- pairs, pseudo-labels
 
 def preference_pairs(config: RunConfig, run: RunDir, samples_path: str, out_name: str) -> dict[str, Any]:

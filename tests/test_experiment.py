@@ -15,6 +15,7 @@ import yaml
 from cluster.aggregate import bootstrap_mean, gain_lines, paired_differences
 from cluster.cli import main
 from cluster.experiment import Cell, load_experiment
+from trainers.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -144,6 +145,51 @@ def test_aggregate_of_a_known_matrix_gives_its_means_paired_differences_and_figu
     assert "| DPO-ST | ST | - | +5.0 [" in report and "| 30.0 | 36.0 | +6.0 | [+2.0, +10.0] |" in report
     for fig in ("fig5", "fig6", "fig7"):
         assert (tmp_path / "docs" / f"experiments_{fig}.png").stat().st_size > 1000
+
+
+def test_dpo_effect_on_dev_is_preferred_to_the_in_sample_variant(tmp_path):
+    from cluster.aggregate import fig6_lines, sampling_effect
+
+    cell = _fake_cell(tmp_path, "dpo-st", 0, {0: 60}, {1: (1, 2)})
+    manifest = json.loads((cell.run_dir / "manifest.json").read_text())
+    outputs = {"k": 10}
+    for model, right in (("sft", 3), ("dpo", 6)):  # of 10 samples per dev question
+        path = cell.run_dir / f"it1-dev-samples-{model}.jsonl"
+        path.write_text("".join(json.dumps({"question_id": f"d{q}", "sample_index": k, "correct": k < right,
+                                            "completion": f"dev {k} " + "y " * k * 5}) + "\n"
+                                for q in range(30) for k in range(10)))
+        outputs[f"{model}_path"] = str(path)
+    assert sampling_effect(cell.run_dir, 1)["on"] == "in-sample"
+    manifest["stages"]["it1-dpo-effect"] = {"status": "done", "outputs": outputs}
+    (cell.run_dir / "manifest.json").write_text(json.dumps(manifest))
+    effect = sampling_effect(cell.run_dir, 1)
+    assert effect["on"] == "dev" and effect["k"] == 10 and len(effect["sft"]["pass1"]) == 30
+    assert effect["sft"]["pass1"]["d0"] == pytest.approx(0.3) and effect["dpo"]["passk"]["d0"] == 1.0
+    row = {"iteration": 1, "k": 10, "on": "dev", "questions": 30,
+           **{m: {"pass1": {"mean": 1.0, "ci_low": 0.0, "ci_high": 2.0},
+                  "passk": {"mean": 1.0, "ci_low": 0.0, "ci_high": 2.0}, "pseudo_labels": 3} for m in ("sft", "dpo")},
+           "gain": {m: {"mean": 0.0, "ci_low": -1.0, "ci_high": 1.0} for m in ("pass1", "passk")}}
+    assert "on 30 dev questions, as the paper" in "\n".join(fig6_lines([row]))
+
+
+def test_a_cell_run_before_a_setting_existed_still_resumes(tmp_path):
+    """A manifest written before a config field was added holds no value for it; read with today's default it is
+    the same config, so the cell resumes instead of being refused as changed."""
+    from cluster.config import parse_config
+    from cluster.experiment import cell_status
+
+    raw = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    raw.update(name="old-cell", storage={"root": str(tmp_path)})
+    config = parse_config(raw)
+    stored = config.to_dict()
+    del stored["evaluation"]["dpo_effect_samples"]
+    config.run_dir.mkdir(parents=True)
+    (config.run_dir / "manifest.json").write_text(json.dumps({"config": stored, "status": "running"}))
+    assert cell_status(config) == "running"
+    stored["sampling"]["temperature"] = 0.3
+    (config.run_dir / "manifest.json").write_text(json.dumps({"config": stored, "status": "running"}))
+    with pytest.raises(ConfigError, match="differs in sampling"):
+        cell_status(config)
 
 
 # ------------------------------------------------------------------------------------------------ config
