@@ -9,7 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from trainers.core.errors import ConfigError, DataError, config_error
-from trainers.data.problems import Problem, load_problems
+from trainers.core.dedup import jaccard, near_duplicates_of
+from trainers.data.problems import Problem, load_problems, write_gsm8k_jsonl
 from trainers.data.synthetic import SyntheticTaskConfig, generate_split
 from trainers.engine.rows import DecodeParams
 from trainers.evaluation import local_decoder
@@ -314,3 +315,43 @@ def test_synthesis_config_documents_every_field_and_refuses_bad_values():
     with pytest.raises(ValidationError) as error:
         SynthesisConfig(vote_treshold=0.5)
     assert "did you mean 'vote_threshold'" in str(config_error(error.value, SynthesisConfig, prefix="synthesis"))
+
+
+# ---------------------------------------------------------------------------------------------- unanswered U rows
+
+def test_unlabeled_rows_may_leave_out_their_answer_only_when_the_loader_is_told(tmp_path):
+    path = tmp_path / "u.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in [
+        {"id": "a", "question": "Ann has 3 apples. She buys 2. How many?", "answer": "#### 5"},
+        {"id": "b", "question": "Ben has 4 pens. He loses 1. How many?"},
+        {"id": "c", "question": "Cal has 6 cups. He breaks 2. How many?", "answer": None}]))
+    with pytest.raises(DataError, match="line 2: missing key 'answer'"):
+        load_problems(path)
+    problems = load_problems(path, unanswered=True).problems
+    assert [(p.id, p.answer) for p in problems] == [("a", 5.0), ("b", None), ("c", None)]
+    again = load_problems(write_gsm8k_jsonl(problems, tmp_path / "copy.jsonl"), unanswered=True).problems
+    assert again == problems
+    assert "answer" not in json.loads((tmp_path / "copy.jsonl").read_text().splitlines()[1])
+
+
+def test_near_duplicates_of_a_reference_set_agree_with_pairwise_jaccard(labeled):
+    references = [p.question for p in generate_split(SyntheticTaskConfig(seed=1), "labeled", 200)]
+    texts = [p.question for p in labeled] + [references[3], references[7] + " Now?", "", "Totally unrelated words."]
+    for threshold in (0.0, 0.5, 0.8, 1.0):
+        expected = [any(jaccard(t, r) >= threshold for r in references) for t in texts]
+        assert near_duplicates_of(texts, references, threshold) == expected
+    assert near_duplicates_of(texts, [], 0.5) == [False] * len(texts)
+    assert near_duplicates_of(["", "a b"], [""], 0.9) == [True, False]  # two empty texts are one text
+    with pytest.raises(ConfigError):
+        near_duplicates_of(texts, references, 1.5)
+
+
+def test_run_config_has_a_documented_synthesis_section_with_one_line_errors():
+    from cluster.config import RunConfig, parse_config
+
+    assert RunConfig.model_fields["synthesis"].annotation is SynthesisConfig
+    config = parse_config({"data": {"synthetic": {}}, "synthesis": {"enabled": True, "vote_threshold": 1.0}})
+    assert config.synthesis.enabled and config.synthesis.vote_threshold == 1.0
+    for bad in (0, -0.5, 1.01):
+        with pytest.raises(ConfigError, match=r"^config: synthesis\.vote_threshold: [^\n]*$"):
+            parse_config({"data": {"synthetic": {}}, "synthesis": {"vote_threshold": bad}})

@@ -8,7 +8,8 @@ from typing import Callable, Sequence
 from trainers.core.calculator import annotations
 from trainers.core.errors import ConfigError
 
-__all__ = ["DEDUP_METHODS", "dedup", "dedup_clusters", "equations", "jaccard", "register_dedup", "tokens"]
+__all__ = ["DEDUP_METHODS", "dedup", "dedup_clusters", "equations", "jaccard", "near_duplicates_of", "register_dedup",
+           "tokens"]
 
 # A method maps (texts, threshold) to, for each text, the index of the kept text it was merged into.
 DedupMethod = Callable[[Sequence[str], float], list[int]]
@@ -33,6 +34,25 @@ def _jaccard_sets(a: frozenset[str], b: frozenset[str]) -> float:
 def jaccard(a: str, b: str) -> float:
     """Jaccard similarity of the token sets of a and b (1.0 for two texts without tokens)."""
     return _jaccard_sets(tokens(a), tokens(b))
+
+
+def near_duplicates_of(texts: Sequence[str], references: Sequence[str], threshold: float) -> list[bool]:
+    """For each text, whether some reference has Jaccard similarity >= threshold to it. Each text is
+    tokenized once, and a reference is compared only when its size allows it: |A & B| / |A | B| >= t needs
+    t * |A| <= |B| <= |A| / t (a filter against a whole labeled set stays fast)."""
+    if not 0.0 <= threshold <= 1.0:
+        raise ConfigError(f"jaccard dedup threshold must be in [0, 1], got {threshold}")
+    by_size: dict[int, list[frozenset[str]]] = {}
+    for reference in references:
+        ref = tokens(reference)
+        by_size.setdefault(len(ref), []).append(ref)
+    flags = []
+    for text in texts:
+        s = tokens(text)
+        low, high = threshold * len(s), len(s) / threshold if threshold else float("inf")
+        flags.append(any(_jaccard_sets(s, ref) >= threshold
+                         for size, refs in by_size.items() if low <= size <= high for ref in refs))
+    return flags
 
 
 def equations(text: str) -> tuple[str, ...]:

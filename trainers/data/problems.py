@@ -1,7 +1,8 @@
 """Math word problems in every format dpost reads, as one `Problem` type.
 
 Formats (docs/architecture.md, "Problem files"):
-  gsm8k       jsonl `{"question", "answer", "id"?}`; answer is a rationale ending `#### N`, or only `#### N`
+  gsm8k       jsonl `{"question", "answer", "id"?}`; answer is a rationale ending `#### N`, or only `#### N`;
+              with `unanswered=True` (unlabeled questions) the answer may be missing or null
   svamp       json list `{"ID"?, "Body", "Question", "Equation", "Answer"}`
   multiarith  json list `{"iIndex"?, "sQuestion", "lSolutions"}` (also AddSub and SingleEq)
   asdiv       xml `<Problem ID=..><Body/><Question/><Answer>9 (apples)</Answer></Problem>`; non-numeric
@@ -52,12 +53,13 @@ class Problem:
     `rationale` is the solution text including its final answer (GSM8K's `#### N` line, MATH's `\\boxed{}`),
     or None when the source gives only the final answer (unlabeled data, SVAMP, MultiArith, ASDiv).
     `answer` is a float for the gsm8k answer format and a LaTeX string for boxed; `level` and `subject` are
-    MATH's `level` and `type` (None elsewhere).
+    MATH's `level` and `type` (None elsewhere). `answer` is None only for an unlabeled question read with
+    `load_problems(..., unanswered=True)`: the loop labels it by vote before use (trainers/synthesis/labels.py).
     """
 
     id: str
     question: str
-    answer: Answer
+    answer: Answer | None
     rationale: str | None = None
     answer_format: AnswerFormat = "gsm8k"
     level: str | None = None
@@ -99,8 +101,9 @@ class ProblemSet:
         return any(_ANNOTATION.search(r) for r in rationales)
 
 
-def load_problems(path: str | Path, fmt: str = "auto") -> ProblemSet:
+def load_problems(path: str | Path, fmt: str = "auto", unanswered: bool = False) -> ProblemSet:
     """Read a problem file in any supported format; `fmt="auto"` guesses from the extension and content.
+    `unanswered=True` lets GSM8K rows leave out their answer (answer None): unlabeled questions only.
 
     Raises ConfigError for an unknown `fmt` and DataError for a missing, empty, oversized or malformed file.
     """
@@ -116,12 +119,12 @@ def load_problems(path: str | Path, fmt: str = "auto") -> ProblemSet:
     elif fmt == "math":
         problems, reasons = _load_math_jsonl(path, text)
     elif fmt == "gsm8k" and (path.suffix.lower() == ".jsonl" or not stripped.startswith("[")):
-        problems, reasons = _load_gsm8k_jsonl(path, text), []
+        problems, reasons = _load_gsm8k_jsonl(path, text, unanswered), []
     else:
         items = _parse_json_list(path, text)
         if fmt == "auto_json":
             fmt = _guess_json_format(path, items)
-        problems, reasons = _load_json_items(path, fmt, items), []
+        problems, reasons = _load_json_items(path, fmt, items, unanswered), []
 
     if not problems:
         first = f"; first: {reasons[0]}" if reasons else ""
@@ -133,12 +136,14 @@ def load_problems(path: str | Path, fmt: str = "auto") -> ProblemSet:
 def write_gsm8k_jsonl(problems: Iterable[Problem], path: str | Path) -> Path:
     """Write problems as GSM8K jsonl `{"id", "question", "answer"}` lines, atomically (temp file + rename).
 
-    `answer` is the rationale when there is one, else just `#### N`.
+    `answer` is the rationale when there is one, else just `#### N`; an unanswered problem has no `answer`.
     """
     lines = []
     for p in problems:
-        answer = p.rationale if p.rationale is not None else f"#### {format_answer(p.answer)}"
-        lines.append(json.dumps({"id": p.id, "question": p.question, "answer": answer}) + "\n")
+        row = {"id": p.id, "question": p.question}
+        if p.rationale is not None or p.answer is not None:
+            row["answer"] = p.rationale if p.rationale is not None else f"#### {format_answer(p.answer)}"
+        lines.append(json.dumps(row) + "\n")
     return atomic_write_text(path, "".join(lines))
 
 
@@ -224,7 +229,7 @@ def _parse_json_list(path: Path, text: str) -> list[Any]:
     return data
 
 
-def _load_gsm8k_jsonl(path: Path, text: str) -> list[Problem]:
+def _load_gsm8k_jsonl(path: Path, text: str, unanswered: bool = False) -> list[Problem]:
     problems = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -234,7 +239,7 @@ def _load_gsm8k_jsonl(path: Path, text: str) -> list[Problem]:
             item = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-        problems.append(_gsm8k_problem(item, where, default_id=f"{path.stem}-{number}"))
+        problems.append(_gsm8k_problem(item, where, f"{path.stem}-{number}", unanswered))
     return problems
 
 
@@ -273,14 +278,19 @@ def _optional_text(item: dict[str, Any], key: str, where: str) -> str | None:
     return value
 
 
-def _load_json_items(path: Path, fmt: str, items: list[Any]) -> list[Problem]:
-    build = {"gsm8k": _gsm8k_problem, "svamp": _svamp_problem, "multiarith": _multiarith_problem}[fmt]
+def _load_json_items(path: Path, fmt: str, items: list[Any], unanswered: bool = False) -> list[Problem]:
+    if fmt == "gsm8k":
+        return [_gsm8k_problem(item, f"{path} item {i}", f"{path.stem}-{i}", unanswered)
+                for i, item in enumerate(items, start=1)]
+    build = {"svamp": _svamp_problem, "multiarith": _multiarith_problem}[fmt]
     return [build(item, f"{path} item {i}", f"{path.stem}-{i}") for i, item in enumerate(items, start=1)]
 
 
-def _gsm8k_problem(item: Any, where: str, default_id: str) -> Problem:
+def _gsm8k_problem(item: Any, where: str, default_id: str, unanswered: bool = False) -> Problem:
     item = _require_object(item, where)
     question = _require_text(item, "question", where)
+    if unanswered and item.get("answer") is None:
+        return Problem(_item_id(item, "id", where, default_id), question, None)
     answer = _require_text(item, "answer", where, allow_empty=True)
     if "#### " not in answer:
         raise DataError(f"{where}: answer has no '#### ' final line")

@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 
 from trainers.core.answers import answers_match, parse_number
 from trainers.core.calculator import CalculatorError, annotations, compute
-from trainers.core.dedup import dedup_clusters, jaccard
+from trainers.core.dedup import dedup_clusters, near_duplicates_of
 from trainers.synthesis.config import SynthesisConfig
 from trainers.synthesis.prompts import Parsed, SynthesisPrompt, parse_generated
 
@@ -113,8 +113,8 @@ def _within_length(parsed: Parsed, config: SynthesisConfig) -> bool:
 def _near_duplicates(questions: Sequence[str], labeled: Sequence[str], threshold: float) -> list[bool]:
     """Dropped by dedup: merged into an earlier written question, or that close to a labeled one."""
     clusters = dedup_clusters(questions, method="jaccard", threshold=threshold)
-    return [cluster != i or any(jaccard(q, other) >= threshold for other in labeled)
-            for i, (q, cluster) in enumerate(zip(questions, clusters))]
+    of_labeled = near_duplicates_of(questions, labeled, threshold)
+    return [cluster != i or copied for i, (cluster, copied) in enumerate(zip(clusters, of_labeled))]
 
 
 def filter_generated(prompts: Sequence[SynthesisPrompt], texts: Sequence[str], labeled_questions: Sequence[str],
