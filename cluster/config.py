@@ -27,7 +27,8 @@ from trainers.core.errors import ConfigError, config_error
 from trainers.data.synthetic import SyntheticTaskConfig
 from trainers.engine.decoding import MAX_NEW_TOKENS
 from trainers.models.scratch import PRESETS
-from trainers.training.config import PRESET_NAMES, STAGES, DPOArgs, Placement, SFTArgs, TrainStageConfig
+from trainers.training.config import (PRESET_NAMES, STAGES, DPOArgs, Placement, SFTArgs, TrainStageConfig,
+                                      VerifierArgs, check_causal_lm)
 
 Mode = Literal["dpo-st", "st", "rft"]
 ModelPreset = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
@@ -180,6 +181,24 @@ class EvaluationSection(BaseModel):
                                     "6): with k > 0, each DPO-ST iteration samples k rationales per dev question "
                                     "at the sampling temperature from the SFT model before and the DPO model after "
                                     "the DPO step (pass@1, pass@k, distinct correct rationales). 0: off.")
+    gate: Literal["greedy", "rerank"] = Field(
+        "greedy", description="What the promotion gate compares: greedy dev accuracy, or re-ranked dev accuracy "
+                              "(`rerank_n` samples per dev question, clustered by answer and chosen from by "
+                              "`rerank_strategy` with the verifier trained after the same SFT step; needs "
+                              "`verifier.enabled`, mode separate or multitask).")
+    rerank_n: int = Field(8, ge=2, description="gate rerank: samples per dev question.")
+    rerank_top_k: int | None = Field(None, ge=1, description="gate rerank: K of the top-K strategies, at most "
+                                                             "rerank_n; default min(8, rerank_n // 2).")
+    rerank_strategy: Literal["rr_topk", "weighted", "weighted_topk"] = Field(
+        "weighted_topk", description="gate rerank: the re-ranking whose dev accuracy is compared (Liu et al. "
+                                     "2023): the best-scored solution's answer within the top-K answer clusters, "
+                                     "the cluster with the largest summed score, or that within the top-K.")
+
+    @model_validator(mode="after")
+    def _top_k_within_n(self) -> "EvaluationSection":
+        if self.rerank_top_k is not None and self.rerank_top_k > self.rerank_n:
+            raise ValueError(f"rerank_top_k ({self.rerank_top_k}) must be at most rerank_n ({self.rerank_n})")
+        return self
 
 
 class StorageSection(BaseModel):
@@ -203,6 +222,62 @@ class RFTSection(BaseModel):
                                                         "deduplicated.")
 
 
+class VerifierSection(BaseModel):
+    """The evaluator of Liu et al. 2023, trained after every SFT step on the run's own samples of that model's
+    training questions (cluster/verifier_stages.py), labelled by final-answer match and balanced per question.
+
+    `mode` separate: a verifier model `sft-t-verifier` beside the policy `sft-t`. multitask (multi-task
+    sequential fine-tuning): `sft-t-gen` = SFT as usual, `sft-t-verifier` = the evaluator task on it, then
+    `sft-t` = generation SFT (training.sft) again from that: the policy evaluated and promoted. control: the
+    same with the evaluator step replaced by generation SFT with the evaluator's own `training` fields (the same
+    steps), so multitask and control differ only in what those steps learn."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="Train a verifier after every SFT step.")
+    mode: Literal["separate", "multitask", "control"] = Field(
+        "separate", description="separate: a verifier model beside the policy; multitask: generation SFT -> "
+                                "evaluator -> generation SFT on the policy itself; control: the same steps, all "
+                                "generation SFT.")
+    init: Literal["sft", "base"] = Field("sft", description="separate: start the verifier from this step's SFT "
+                                                            "model or from the base model f0.")
+    model: str | None = Field(None, description="separate: start the verifier from this Hugging Face causal LM "
+                                                "folder instead (its own tokenizer is fine).")
+    max_per_label: int = Field(4, ge=1, description="Most right (and as many wrong) examples per question.")
+    holdout: float = Field(0.2, ge=0, lt=1, description="Share of the questions with right and wrong samples "
+                                                        "kept out of training to measure the verifier's AUC.")
+    warmup_questions: int = Field(64, ge=1, description="sft-0 has no samples of its own: this many labeled "
+                                                        "questions are sampled from it for its verifier data "
+                                                        "(later steps use their iteration's sample files).")
+    warmup_samples: int = Field(4, ge=2, description="Samples per question for sft-0's verifier data.")
+    training: VerifierArgs = Field(default_factory=VerifierArgs,
+                                   description="TRL SFTConfig fields of the evaluator task (and of the control's "
+                                               "extra generation steps).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_training_defaults(cls, raw: Any) -> Any:
+        """The evaluator's fields become the ones it trains with, so the manifest records them."""
+        if isinstance(raw, dict) and isinstance(raw.get("training") or {}, dict):
+            raw = {**raw, "training": VerifierArgs.resolved(raw.get("training") or {})}
+        return raw
+
+    @model_validator(mode="after")
+    def _checked(self, info: ValidationInfo) -> "VerifierSection":
+        if self.mode != "separate" and self.training.max_steps is not None and self.training.max_steps <= 0:
+            raise ValueError("training.max_steps: multitask and control compare by steps: set max_steps > 0")
+        if self.model is not None and _checks_files(info):
+            try:
+                check_causal_lm(str(Path(self.model).expanduser()))
+            except ConfigError as exc:
+                raise ValueError(f"model: {exc}") from None
+        return self
+
+    @field_serializer("training")
+    def _set_fields_only(self, args: BaseModel, info: Any) -> dict[str, Any]:
+        return args.model_dump(exclude_unset=True, mode=info.mode)
+
+
 class RunConfig(BaseModel):
     """A dpost run: DPO-augmented self-training (or plain self-training, or RFT) from one YAML file."""
 
@@ -223,22 +298,32 @@ class RunConfig(BaseModel):
     serving: ServingConfig = Field(default_factory=ServingConfig)
     storage: StorageSection = Field(default_factory=StorageSection)
     rft: RFTSection = Field(default_factory=RFTSection)
+    verifier: VerifierSection = Field(default_factory=VerifierSection)
 
     @model_validator(mode="before")
     @classmethod
     def _seeds_follow_the_run(cls, raw: Any) -> Any:
-        """The synthetic task and both training stages take the run's seed unless they set their own."""
+        """The synthetic task, both training stages and the verifier's training take the run's seed unless
+        they set their own."""
         if not isinstance(raw, dict):
             return raw
         raw = dict(raw)
-        for section, key in (("data", "synthetic"), ("training", "sft"), ("training", "dpo")):
+        for section, key in (("data", "synthetic"), ("training", "sft"), ("training", "dpo"),
+                             ("verifier", "training")):
             outer = raw.get(section) or {}
             inner = outer.get(key) if isinstance(outer, dict) else None
-            if inner is None and section == "training":
+            if inner is None and section != "data":
                 inner = {}  # the stages always exist; a run without `synthetic` reads files
             if isinstance(inner, dict) and "seed" not in inner:
                 raw[section] = {**outer, key: {**inner, "seed": raw.get("seed", 0)}}
         return raw
+
+    @model_validator(mode="after")
+    def _rerank_gate_has_a_verifier(self) -> "RunConfig":
+        if self.evaluation.gate == "rerank" and not (self.verifier.enabled and self.verifier.mode != "control"):
+            raise ValueError("evaluation.gate rerank needs a verifier: set verifier.enabled with mode separate or "
+                             "multitask")
+        return self
 
     _plain_folder_name = field_validator("name")(plain_folder_name)
 

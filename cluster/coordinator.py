@@ -7,6 +7,7 @@
         S  = dedup(correct(sample(fd, U_t, n=K, T=0.7)), jaccard>=0.7)
         L  = L + S
         f  = SFT(f0, L)                                                # SFT step: from the BASE model
+        V  = Evaluator(f, samples); multitask: f = SFT(V, L)           # `verifier.enabled` (Liu et al. 2023)
         evaluate(f) on dev; promote f to the live solver if it is at least as good as the live model
 
 Mode `st` skips the DPO step; mode `rft` runs one round of rejection-sampling fine-tuning instead of the loop;
@@ -24,7 +25,7 @@ from typing import Any
 
 import ray
 
-from cluster import stages
+from cluster import stages, verifier_stages
 from cluster.config import RunConfig, parse_config
 from cluster.progress import Progress
 from cluster.report import write_report
@@ -79,18 +80,25 @@ def self_training(config: RunConfig, run: RunDir, progress: Progress) -> dict[st
 def sft_step(config: RunConfig, run: RunDir, f0: str, labeled: str, pseudo: list[str], version: str,
              progress: Progress, reuse: str | None = None) -> dict[str, Any]:
     """SFT from the base model on L + S, then evaluate on dev and pass the promotion gate. With `reuse` (an
-    existing SFT checkpoint folder) the version records that folder instead of training."""
+    existing SFT checkpoint folder) the version records that folder instead of training. With `verifier`,
+    the evaluator task follows (Liu et al. 2023; multi-task fine-tuning first trains `version-gen`)."""
+    first = verifier_stages.first_version(config, version)
     if reuse:
-        model = stage(run, version, lambda: reuse_checkpoint(run, version, reuse), progress)
+        model = stage(run, first, lambda: reuse_checkpoint(run, first, reuse), progress)
     else:
         dataset = stage(run, f"{version}-data", lambda: stages.sft_dataset(run, labeled, list(pseudo),
                                                                             f"{version}-train"), progress)
-        model = stage(run, version, lambda: stages.train(config, run, "sft", version, f0, dataset["path"],
-                                                               progress.for_workers(version)), progress)
+        model = stage(run, first, lambda: stages.train(config, run, "sft", first, f0, dataset["path"],
+                                                             progress.for_workers(first)), progress)
+    if config.verifier.enabled:
+        model = verifier_stages.verifier_step(config, run, f0, labeled, pseudo, version, model, progress)
     scores = stage(run, f"eval-{version}", lambda: stages.evaluate_version(
         config, run, version, model["checkpoint"], run.outputs("data"), progress.update), progress)
-    stage(run, f"promote-{version}", lambda: stages.promote(
-        config, run, version, model["checkpoint"], scores["dev_accuracy"]), progress)
+    if config.evaluation.gate == "rerank":  # re-ranked dev accuracy, with this step's verifier
+        verifier_stages.promote_reranked(config, run, version, model, scores, progress)
+    else:
+        stage(run, f"promote-{version}", lambda: stages.promote(
+            config, run, version, model["checkpoint"], scores["dev_accuracy"]), progress)
     return {"version": version, **model}
 
 

@@ -204,18 +204,47 @@ class DPOStageConfig(TrainStageConfig, DPOArgs):  # type: ignore[misc,valid-type
     KIND: ClassVar[str] = "dpo"
 
 
-class VerifierStageConfig(TrainStageConfig, SFTArgs):  # type: ignore[misc,valid-type]
+class VerifierArgs(SFTArgs):
+    """Fields of TRL's SFTConfig for the verifier (evaluator) task; unset ones take SFT's defaults but for a
+    fixed step count, so a multi-task run and its control (which trains these same fields on generation data)
+    spend the same number of steps whatever the number of examples."""
+
+    DEFAULTS: ClassVar[dict[str, Any]] = {**SFTArgs.DEFAULTS, "max_steps": 200}
+
+
+class VerifierStageConfig(TrainStageConfig, VerifierArgs):  # type: ignore[misc,valid-type]
     """The verifier (evaluator) task of Liu et al. 2023: TRL's SFTTrainer on `trainers.data.verifier` examples
     (the paper's prompt, then ` correct` / ` incorrect`), loss on the label only: cross-entropy on the label
     sequence. `model_path` is a separate verifier's start or the policy itself (multi-task fine-tuning); the
-    fields, presets and placement are SFT's."""
+    fields and placement are SFT's, the defaults `VerifierArgs`'."""
 
     KIND: ClassVar[str] = "verifier"
+
+    def checked(self) -> "TrainStageConfig":
+        """Also: `model_path` must be a causal LM, whose next-token probabilities are the verifier's score."""
+        config = super().checked()
+        check_causal_lm(config.model_path)
+        return config
 
 
 STAGES: dict[str, type[TrainStageConfig]] = {"sft": SFTStageConfig, "dpo": DPOStageConfig,
                                              "verifier": VerifierStageConfig}
 PRESET_NAMES = tuple(SFTArgs.PRESETS)
+
+
+def check_causal_lm(path: str) -> None:
+    """A one-line ConfigError unless `path` (a folder or cached hub id) holds a model transformers loads as a
+    causal LM: read from its config.json alone, before any worker loads weights."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    try:
+        model_config = AutoConfig.from_pretrained(path)
+    except Exception as exc:  # a missing folder, no config.json, bad JSON, an unknown model type
+        raise ConfigError(f"{path}: not a model checkpoint ({str(exc).strip().splitlines()[0]})") from None
+    if model_config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ConfigError(f"{path}: a {model_config.model_type!r} model is not a causal LM (a verifier scores the "
+                          "next tokens after its prompt)")
 
 
 def deepspeed_config(zero_stage: int, use_gpu: bool) -> dict[str, Any]:
