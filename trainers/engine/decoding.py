@@ -151,6 +151,7 @@ class DecodeEngine:
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_batch: int = 32) -> None:
         self.model = model
         self.tokenizer = tokenizer
+        self.device = model.device  # inputs go where the weights are; bookkeeping stays on the CPU
         self.max_batch = max(1, int(max_batch))
         self.eos = tokenizer.eos_token_id
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
@@ -207,8 +208,10 @@ class DecodeEngine:
             ids[i, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
             mask[i, width - len(prompt):] = 1
         prefill = DynamicCache()
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                         past_key_values=prefill, use_cache=True, **self.keep_last)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                         position_ids=positions.to(self.device), past_key_values=prefill, use_cache=True,
+                         **self.keep_last)
         if self.cache.capacity == 0:
             longest_new = max(row.request.max_new_tokens for row, _ in admitted)
             self.cache.window.start = self.cache.window.end = width
@@ -237,8 +240,9 @@ class DecodeEngine:
         else:  # eager attention adds the mask to the scores
             mask = torch.zeros(owned.shape, dtype=self.model.dtype).masked_fill_(
                 ~owned, torch.finfo(self.model.dtype).min)[:, None, None, :]
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=window.end - starts,
-                         past_key_values=self.cache, use_cache=True, **self.keep_last)
+        out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                         position_ids=(window.end - starts).to(self.device), past_key_values=self.cache,
+                         use_cache=True, **self.keep_last)
         window.end += 1
         self.steps += 1
         logits = out.logits[:, -1, :]
@@ -247,6 +251,8 @@ class DecodeEngine:
     def _advance(self, rows: list[tuple[_Row, Callable[[int, Decoded], None]]], logits: torch.Tensor,
                  greedy: list[int], offset: int) -> None:
         """Append each row's next token; finished rows report and leave their slot."""
+        if logits.device.type != "cpu" and any(row.request.temperature > 0 for row, _ in rows):
+            logits = logits.float().cpu()  # each row samples with its own CPU generator: same seed, same draw
         finished = []
         for i, (row, on_done) in enumerate(rows):
             token = row.choose(logits[i], greedy[i])
