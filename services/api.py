@@ -1,6 +1,7 @@
 """The public solver API: a FastAPI ingress on Ray Serve in front of the `solver` pool.
 
-    POST /v1/solve               a question -> the answer, its rationale, and for several samples their clusters
+    POST /v1/solve               a question -> the answer, its rationale, and for several samples their clusters;
+                                 `rerank` scores the samples on the verifier pool and chooses by its rule
     POST /v1/completions         OpenAI completions (prompt as given), `stream: true` as server-sent events
     POST /v1/chat/completions    OpenAI chat: the last user message is the question, in dpost's prompt format
     GET  /v1/models, /v1/model, /healthz
@@ -12,6 +13,7 @@ the shape OpenAI clients expect; the bodies are declared in services/api_schema.
 
 # no `from __future__ import annotations`: FastAPI must see the body models as real classes
 
+import asyncio
 import time
 import uuid
 from typing import Any, AsyncIterator
@@ -24,16 +26,17 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services import metrics
-from services.api_schema import (ERRORS, OPENAI_ERRORS, SERVER_ERROR, STREAM, ChatCompletion, ChatCompletionRequest,
-                                 Completion, CompletionRequest, Health, ModelList, ModelStatus, SolveRequest,
-                                 SolveResponse, unsupported_fields)
+from services.api_schema import (OPENAI_ERRORS, SERVER_ERROR, SOLVE_ERRORS, STREAM, ChatCompletion,
+                                 ChatCompletionRequest, Completion, CompletionRequest, Health, ModelList, ModelStatus,
+                                 SolveRequest, SolveResponse, unsupported_fields)
 from services.config import ServingConfig
 from services.registry import get_registry
 from services.streaming import TextStream, sse
 from services.web import router as web_router
-from trainers.core.answers import cut_after_answer, extract_answer, format_answer
-from trainers.core.rerank import cluster_answers
+from trainers.core.answers import Answer, AnswerChecker, answer_checker, cut_after_answer, format_answer
 from trainers.core.prompting import format_prompt
+from trainers.core.rerank import Cluster, choose, cluster_answers
+from trainers.evaluation import RERANK_TOP_K
 
 app = FastAPI(title="dpost solver", version="1")
 app.include_router(web_router)
@@ -73,12 +76,23 @@ def _random_seed() -> int:
     return uuid.uuid4().int & 0x7FFFFFFF
 
 
-def clusters(texts: list[str], answers: list[float | None], overrides: list[list[dict[str, str]]]
-             ) -> list[dict[str, Any]]:
-    """Samples grouped by final answer, most votes first (ties go to the first seen), by the same clustering
-    that `majority_vote` and re-ranking use."""
-    return [{"answer": format_answer(c.answer), "votes": c.votes, "rationale": texts[c.members[0]],
-             "calculator_overrides": overrides[c.members[0]]} for c in cluster_answers(answers)]
+def _shown(answer: Answer) -> str:
+    return format_answer(answer) if isinstance(answer, float) else answer
+
+
+def clusters(groups: list[Cluster], texts: list[str], overrides: list[list[dict[str, str]]],
+             scores: list[float] | None = None) -> list[dict[str, Any]]:
+    """The clusters as the API shows them: each with its first sample's rationale, or with `scores` its
+    best-scored sample's and the cluster's best and summed score."""
+    shown = []
+    for c in groups:
+        top = c.members[0] if scores is None else max(c.members, key=lambda i: scores[i])  # first of ties
+        cluster = {"answer": _shown(c.answer), "votes": c.votes, "rationale": texts[top],
+                   "calculator_overrides": overrides[top]}
+        if scores is not None:
+            cluster.update(best_score=c.best_score(scores), summed_score=c.summed_score(scores))
+        shown.append(cluster)
+    return shown
 
 
 def _usage(outputs: list[dict[str, Any]], n: int) -> dict[str, int]:
@@ -91,9 +105,13 @@ def _usage(outputs: list[dict[str, Any]], n: int) -> dict[str, int]:
 @serve.deployment(name="SolverAPI")
 @serve.ingress(app)
 class SolverAPI:
-    def __init__(self, sampler: DeploymentHandle, limits: dict[str, Any] | None = None) -> None:
+    def __init__(self, sampler: DeploymentHandle, limits: dict[str, Any] | None = None,
+                 verifier: DeploymentHandle | None = None) -> None:
         self.sampler = sampler
-        self.limits = ServingConfig(**{k: v for k, v in (limits or {}).items() if k not in ("rollout", "solver")})
+        self.verifier = verifier  # the verifier pool (`serving.verifier`); None: no rerank
+        limits = {k: v for k, v in (limits or {}).items() if k not in ("rollout", "solver")}
+        self.limits = ServingConfig.from_dict(limits, check_files=False)  # the verifier was checked at deploy
+        self.checker: AnswerChecker = answer_checker(self.limits.answer_format)
         self.registry = get_registry()
 
     def _check_text(self, text: str, field: str) -> JSONResponse | None:
@@ -109,10 +127,29 @@ class SolverAPI:
             return _error(422, f"n: at most {self.limits.max_n}", "invalid_request_error")
         return None
 
-    @app.post("/v1/solve", responses={200: {"model": SolveResponse}, **ERRORS})
+    def _check_rerank(self, body: SolveRequest) -> JSONResponse | None:
+        if body.strategy != "rerank":
+            if body.top_k is not None:
+                return _error(422, "top_k: only used with strategy rerank", "invalid_request_error")
+            return None
+        if self.verifier is None or self.limits.verifier is None:
+            return _error(422, "strategy rerank needs a verifier, and this solver has none deployed "
+                               "(serving.verifier)", "invalid_request_error")
+        if body.n < 2:
+            return _error(422, "n: strategy rerank needs at least 2 samples", "invalid_request_error")
+        if body.top_k is not None and body.top_k > body.n:
+            return _error(422, f"top_k: must be between 1 and n={body.n}", "invalid_request_error")
+        return None
+
+    def _top_k(self, body: SolveRequest) -> int:
+        """The request's K, else the verifier's, else min(8, n // 2) as `dpost eval --rerank`; at most n."""
+        k = body.top_k or self.limits.verifier.top_k
+        return min(k, body.n) if k else max(1, min(RERANK_TOP_K, body.n // 2))
+
+    @app.post("/v1/solve", responses={200: {"model": SolveResponse}, **SOLVE_ERRORS})
     async def solve(self, body: SolveRequest) -> Any:
         started = time.monotonic()
-        bad = self._check_text(body.question, "question") or self._check_n(body.n)
+        bad = self._check_text(body.question, "question") or self._check_n(body.n) or self._check_rerank(body)
         if bad:
             return bad
         n = 1 if body.strategy == "greedy" else body.n
@@ -124,12 +161,28 @@ class SolverAPI:
         result = await self.sampler.generate.remote(rows)
         outputs = result["outputs"]
         texts = [cut_after_answer(o["text"]) for o in outputs]
-        answers = [extract_answer(t) for t in texts]
-        groups = clusters(texts, answers, [o["calculator_overrides"] for o in outputs])
-        best = groups[0] if groups else {"answer": None, "votes": 0, "rationale": texts[0],
-                                         "calculator_overrides": outputs[0]["calculator_overrides"]}
+        overrides = [o["calculator_overrides"] for o in outputs]
+        # off the event loop: a boxed checker's math-verify can take seconds (it runs in its own process)
+        clustering = asyncio.to_thread(cluster_answers, [self.checker.extract(t) for t in texts], self.checker)
+        answer: dict[str, Any] = {"n": n, "model_version": result["model_version"]}
+        if body.strategy == "rerank":  # the verifier scores while the answers are grouped
+            groups, scored = await asyncio.gather(clustering, self.verifier.score.remote([body.question] * n, texts))
+            scores, k, rule = scored["scores"], self._top_k(body), self.limits.verifier.rule
+            chosen = choose(groups, rule, scores, k)
+            answer.update(rule=rule, top_k=k, verifier_version=scored["model_version"])
+        else:
+            groups = await clustering
+            scores, chosen = None, choose(groups, "maj")
+        shown = clusters(groups, texts, overrides, scores)
+        if chosen is None:  # no sample has an answer
+            best = {"answer": None, "votes": 0, "rationale": texts[0], "calculator_overrides": overrides[0]}
+        else:
+            best = {key: shown[groups.index(chosen)][key]
+                    for key in ("answer", "votes", "rationale", "calculator_overrides")}
+            if scores is not None:
+                best["score"] = shown[groups.index(chosen)]["best_score"]
         metrics.record_answer("solve", body.strategy, time.monotonic() - started)
-        return {**best, "n": n, "model_version": result["model_version"], "clusters": groups}
+        return {**best, **answer, "clusters": shown}
 
     @app.post("/v1/completions", responses={200: {"model": Completion, "content": STREAM}, **OPENAI_ERRORS})
     async def completions(self, body: CompletionRequest) -> Any:

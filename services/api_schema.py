@@ -57,8 +57,13 @@ class ErrorBody(BaseModel):
 class SolveRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     question: StrictStr = Field(min_length=1)
-    strategy: Literal["greedy", "majority"] = "greedy"
-    n: StrictInt = Field(default=1, ge=1)
+    strategy: Literal["greedy", "majority", "rerank"] = Field(
+        default="greedy", description="greedy: one greedy sample; majority: the largest answer cluster of n "
+                                      "samples; rerank: n samples scored by the verifier pool and chosen by its "
+                                      "rule (solution-cluster re-ranking; needs a deployed verifier and n >= 2).")
+    n: StrictInt = Field(default=1, ge=1, description="Samples (majority, rerank); at most the server's max_n.")
+    top_k: StrictInt | None = Field(default=None, ge=1, description="rerank only: K of the top-K rules, in 1..n "
+                                                                    "(default: the verifier's, else min(8, n // 2)).")
     temperature: StrictFloat | StrictInt | None = Field(default=None, ge=0, le=2)
     calculator: bool = True
 
@@ -71,22 +76,30 @@ class CalculatorOverride(BaseModel):
 
 
 class Cluster(BaseModel):
-    """Samples whose final answers match (`answers_match`)."""
+    """Samples whose final answers are equivalent (the server's answer checker)."""
 
     answer: str
     votes: int
-    rationale: str = Field(description="The first of the cluster's samples.")
+    rationale: str = Field(description="The first of the cluster's samples; with rerank, its best-scored one.")
     calculator_overrides: list[CalculatorOverride]
+    best_score: float | None = Field(default=None, description="rerank: the verifier's best score in the cluster.")
+    summed_score: float | None = Field(default=None, description="rerank: the cluster's summed verifier score.")
 
 
 class SolveResponse(BaseModel):
-    answer: str | None = Field(description="The majority answer (None if no sample has one).")
-    rationale: str
-    votes: int
+    answer: str | None = Field(description="The chosen answer: the majority's, or the re-ranking rule's (None "
+                                           "if no sample has one).")
+    rationale: str = Field(description="The chosen cluster's rationale (see Cluster.rationale).")
+    votes: int = Field(description="The chosen cluster's votes.")
     n: int
     model_version: str
     calculator_overrides: list[CalculatorOverride] = Field(description="The rationale's calculator results.")
     clusters: list[Cluster] = Field(description="Every distinct answer, most votes first (ties: first seen).")
+    rule: Literal["rr_topk", "weighted", "weighted_topk"] | None = Field(
+        default=None, description="rerank: the rule that chose the answer.")
+    top_k: int | None = Field(default=None, description="rerank: K of the top-K rules.")
+    score: float | None = Field(default=None, description="rerank: the verifier's score of the rationale.")
+    verifier_version: str | None = Field(default=None, description="rerank: the verifier version that scored.")
 
 
 # ---- OpenAI: /v1/completions and /v1/chat/completions
@@ -206,6 +219,9 @@ SERVER_ERROR = {503: {**_ERROR, "description": "The solver could not answer (no 
 ERRORS: dict[int | str, dict[str, Any]] = {  # of every route with a body
     400: {**_ERROR, "description": "The body could not be read (not UTF-8, cut short)."},
     422: {**_ERROR, "description": "Invalid body, or beyond the server's limits."}, **SERVER_ERROR}
+SOLVE_ERRORS: dict[int | str, dict[str, Any]] = {
+    **ERRORS, 422: {**_ERROR, "description": "Invalid body, beyond the server's limits, or strategy rerank on a "
+                                             "solver with no verifier deployed."}}
 OPENAI_ERRORS: dict[int | str, dict[str, Any]] = {
     **ERRORS, 400: {**_ERROR, "description": "The body could not be read, or it has a field dpost does not "
                                              "implement (named in the message)."}}

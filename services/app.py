@@ -4,7 +4,8 @@
     serve run services.app:solver_app run_dir=runs/tiny     # the live model stays; `/` shows the run
     serve deploy deploy/serve_solver.yaml      # same builder, args from the file
 
-`args` may also hold a `serving` mapping with `ServingConfig` fields (pools, limits), and `run_dir`: the run
+`args` may also hold a `serving` mapping with `ServingConfig` fields (pools, limits; `verifier: {path: ...}`
+adds the verifier pool that `/v1/solve` strategy `rerank` scores on), and `run_dir`: the run
 directory whose progress the web page's run view shows. Like the model, the run directory stays in the
 registry across redeploys when not given (a run publishes its own); an empty `run_dir=` forgets it.
 """
@@ -14,12 +15,14 @@ from __future__ import annotations
 from typing import Any
 
 from services.config import ServingConfig
-from services.pools import build_app, publish, publish_run_dir
+from services.pools import build_app, publish, publish_run_dir, publish_verifier
 
 
 def solver_app(args: dict[str, Any]):
-    """The public solver: FastAPI ingress + `solver` Sampler pool, serving `checkpoint` if given."""
+    """The public solver: FastAPI ingress + `solver` Sampler pool, serving `checkpoint` if given, and the
+    verifier pool when `serving.verifier` is set."""
     config = ServingConfig.from_dict(dict(args.get("serving") or {}))
+    publish_verifier(config)
     checkpoint = args.get("checkpoint")
     if checkpoint:
         publish("solver", str(args.get("version") or "v0"), str(checkpoint))

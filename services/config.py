@@ -1,18 +1,27 @@
-"""Serving configuration: one `PoolConfig` per sampler pool plus the HTTP API's limits (the run config's
-`serving` section, and `args.serving` of a Serve config file)."""
+"""Serving configuration: one `PoolConfig` per sampler pool, the optional verifier pool (`VerifierConfig`)
+and the HTTP API's limits (the run config's `serving` section, and `args.serving` of a Serve config file)."""
 
 from __future__ import annotations
 
+import json
 import os
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from ray.serve.config import AutoscalingConfig
 
-from trainers.core.errors import ConfigError, config_error
+from trainers.core.answers import ANSWER_FORMATS
+from trainers.core.errors import CheckpointError, ConfigError, config_error
+from trainers.core.rerank import STRATEGIES
 from trainers.engine.decoding import MAX_NEW_TOKENS
+from trainers.models.checkpoints import validate_checkpoint
 
-POOLS = ("rollout", "solver")
+POOLS = ("rollout", "solver")  # the Serve apps; the verifier pool, when configured, lives in the solver app
+VERIFIER = "verifier"
+RERANK_RULES = tuple(s for s in STRATEGIES if s != "maj")
+AnswerFormat = Literal[ANSWER_FORMATS]  # type: ignore[valid-type]
+RerankRule = Literal[RERANK_RULES]  # type: ignore[valid-type]
 
 # Ray Serve's throughput mode (user code on the replica's own event loop, gRPC between deployments, buffered
 # request logs): the ingress and the proxy use less CPU, which leaves more to the samplers under many
@@ -89,14 +98,66 @@ class PoolConfig(BaseModel):
         return opts
 
 
+def validate_causal_lm(path: str | os.PathLike[str]) -> Path:
+    """`validate_checkpoint`, and its config names a causal LM (what `load_policy` loads): a folder of
+    another kind fails here, in one line, before any replica tries it. CheckpointError otherwise."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    folder = validate_checkpoint(path)
+    model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise CheckpointError(f"checkpoint {folder} is not a causal LM (model_type {model_type!r})")
+    return folder
+
+
+def _checks_files(info: ValidationInfo) -> bool:
+    """Paths are checked unless the caller says they exist only elsewhere (`dpost submit`, a config read back
+    from the cluster's registry)."""
+    return (info.context or {}).get("check_files", True)
+
+
+class VerifierConfig(PoolConfig):
+    """The verifier pool behind `/v1/solve`'s `rerank` strategy (Liu et al. 2023): `Sampler` replicas in the
+    solver's app that serve `score` with a verifier checkpoint. Its batch settings group concurrent `score`
+    calls; `max_rows_per_forward` is the scoring batch (two rows per candidate, one per label)."""
+
+    path: str = Field(description="The verifier's checkpoint folder: a causal LM trained to write ` correct` or "
+                                  "` incorrect` after the verifier prompt (`train_verifier`), or a policy that "
+                                  "learnt both tasks.")
+    version: str | None = Field(None, description="The label its replicas report; default: the folder's name.")
+    rule: RerankRule = Field("rr_topk", description="How the answer is chosen from the clusters: rr_topk (the "
+                                                    "best-scored solution within the top-K clusters, the paper's "
+                                                    "RR.Top-K), weighted (largest summed score) or weighted_topk.")
+    top_k: int | None = Field(None, ge=1, description="K of rr_topk/weighted_topk (a request's `top_k` wins); "
+                                                      "None: min(8, n // 2), as `dpost eval --rerank`.")
+
+    @field_validator("path")
+    @classmethod
+    def _causal_lm(cls, path: str, info: ValidationInfo) -> str:
+        if _checks_files(info):
+            try:
+                validate_causal_lm(path)
+            except CheckpointError as exc:
+                raise ValueError(str(exc).splitlines()[0]) from None
+        return path
+
+    @property
+    def label(self) -> str:
+        return self.version or Path(self.path).name
+
+
 class ServingConfig(BaseModel):
-    """Both sampler pools and the public solver API's limits."""
+    """Both sampler pools, the optional verifier pool and the public solver API's limits."""
 
     model_config = ConfigDict(extra="forbid")
 
     rollout: PoolConfig = Field(default_factory=PoolConfig, description="The coordinator's pool: sampling and "
                                                                         "evaluation.")
     solver: PoolConfig = Field(default_factory=PoolConfig, description="The public pool behind the HTTP API.")
+    verifier: VerifierConfig | None = Field(None, description="The verifier pool that `/v1/solve` strategy "
+                                                              "`rerank` scores samples on; None: no re-ranking.")
+    answer_format: AnswerFormat = Field("gsm8k", description="How `/v1/solve` reads and groups final answers: "
+                                                             "gsm8k (`#### N`) or boxed (MATH's `\\boxed{}`).")
     host: str = Field("127.0.0.1", description="Where Serve's HTTP proxy listens (expose it deliberately).")
     port: int = Field(8000, ge=1, le=65535, description="Serve's HTTP port.")
     max_question_chars: int = Field(2000, ge=1, description="Longer questions get HTTP 422.")
@@ -106,13 +167,18 @@ class ServingConfig(BaseModel):
                                                         "is full, Serve answers 503 with this Retry-After.")
 
     def pool(self, name: str) -> PoolConfig:
+        if name == VERIFIER:
+            if self.verifier is None:
+                raise ConfigError("no verifier pool is configured (serving.verifier)")
+            return self.verifier
         if name not in POOLS:
-            raise ConfigError(f"unknown pool {name!r}; choose one of {POOLS}")
+            raise ConfigError(f"unknown pool {name!r}; choose one of {POOLS + (VERIFIER,)}")
         return getattr(self, name)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], where: str = "") -> "ServingConfig":
+    def from_dict(cls, values: dict[str, Any], where: str = "", check_files: bool = True) -> "ServingConfig":
+        """`check_files=False` for a config whose paths exist where it is deployed, not here."""
         try:
-            return cls.model_validate(values)
+            return cls.model_validate(values, context={"check_files": check_files})
         except ValidationError as exc:
             raise config_error(exc, cls, where, prefix="serving") from None

@@ -1,8 +1,9 @@
-"""Operate the two sampler pools from a driver or the coordinator: deploy, swap, wait, scale, decode rows.
+"""Operate the sampler pools from a driver or the coordinator: deploy, swap, wait, scale, decode rows.
 
 `rollout` is a Serve app with no HTTP route (the coordinator decodes on it through a handle); `solver` is
 the public app (`SolverAPI` ingress + its own `Sampler` deployment). Separate apps, so redeploying or scaling
-one never touches the other.
+one never touches the other. The `verifier` pool, when `serving.verifier` is set, is a second `Sampler`
+deployment (`Verifier`) in the solver's app: it only serves that app's re-ranking, so it comes and goes with it.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ import ray
 from ray import serve
 
 from services.api import SolverAPI
-from services.config import POOLS, ServingConfig
+from services.config import POOLS, VERIFIER, ServingConfig, validate_causal_lm
 from services.registry import get_registry
 from services.sampler import Sampler
-from trainers.models.checkpoints import validate_checkpoint
 from trainers.engine.decoding import Decoded, DecodeRequest
 from trainers.core.errors import CheckpointError, ConfigError
 
@@ -32,13 +32,17 @@ def build_app(pool: str, config: ServingConfig):
     sampler = Sampler.options(**options, logging_config={"enable_access_log": False}).bind(pool)
     if pool == "rollout":
         return sampler
+    verifier = None
+    if config.verifier is not None:
+        verifier = Sampler.options(name="Verifier", **config.verifier.deployment_options(),
+                                   logging_config={"enable_access_log": False}).bind(VERIFIER)
     limits = config.model_dump(mode="json", exclude=set(POOLS))
     # the ingress only parses JSON and awaits the sampler: it must not hold a CPU that training needs
     return SolverAPI.options(ray_actor_options={"num_cpus": 0},
                              max_ongoing_requests=config.solver.max_ongoing_requests,
                              max_queued_requests=config.solver.max_queued_requests,
                              backpressure_config={"status_code": 503, "retry_after_s": config.retry_after_s},
-                             ).bind(sampler, limits)
+                             ).bind(sampler, limits, verifier)
 
 
 def start_serve(config: ServingConfig) -> None:
@@ -47,12 +51,28 @@ def start_serve(config: ServingConfig) -> None:
 
 def deploy_pool(pool: str, config: ServingConfig, version: str | None = None, checkpoint: str | None = None,
                 timeout_s: float = 300) -> None:
-    """Publish (version, checkpoint) for the pool, then deploy its app; replicas start on that version."""
+    """Publish (version, checkpoint) for the pool, then deploy its app; replicas start on that version. The
+    solver's app brings its verifier pool when `config.verifier` is set: its checkpoint is checked (a causal
+    LM) before anything deploys, and the call returns once the verifier's replicas serve it."""
+    verifier = publish_verifier(config) if pool == "solver" else None
     if version and checkpoint:
         publish(pool, version, checkpoint)
     serve.run(build_app(pool, config), name=pool, route_prefix="/" if pool == "solver" else None)
     if version:
         wait_for_version(pool, version, timeout_s=timeout_s)
+    if verifier:
+        wait_for_version(VERIFIER, verifier, timeout_s=timeout_s)
+
+
+def publish_verifier(config: ServingConfig) -> str | None:
+    """Publish `config.verifier`'s checkpoint as the verifier pool's version (unless it already is); returns
+    that version, None when no verifier is configured. CheckpointError when the folder is no causal LM."""
+    if config.verifier is None:
+        return None
+    wanted = (config.verifier.label, str(validate_causal_lm(config.verifier.path)))
+    if ray.get(get_registry().current.remote(VERIFIER)) != wanted:
+        publish(VERIFIER, *wanted)
+    return wanted[0]
 
 
 def ensure_pools(config: ServingConfig, live: tuple[str, str] | None = None, run_dir: str | None = None) -> None:
@@ -81,13 +101,13 @@ def serving_config_from_registry() -> ServingConfig:
     stored = ray.get(get_registry().get_serving_config.remote())
     if stored is None:
         raise ConfigError("no dpost pools are deployed on this cluster (start a run first)")
-    return ServingConfig.from_dict(stored)
+    return ServingConfig.from_dict(stored, check_files=False)  # its paths are the cluster's
 
 
 def publish(pool: str, version: str, checkpoint: str) -> None:
-    if pool not in POOLS:
-        raise ConfigError(f"unknown pool {pool!r}; choose one of {POOLS}")
-    validate_checkpoint(checkpoint)
+    if pool not in POOLS + (VERIFIER,):
+        raise ConfigError(f"unknown pool {pool!r}; choose one of {POOLS + (VERIFIER,)}")
+    validate_causal_lm(checkpoint)
     ray.get(get_registry().publish.remote(pool, version, str(checkpoint)))
 
 
@@ -118,25 +138,34 @@ def wait_for_version(pool: str, version: str, timeout_s: float = 300) -> dict[st
         time.sleep(0.2)
 
 
+def _app_of(pool: str) -> tuple[str, str]:
+    """The Serve (application, deployment) that holds a pool's replicas."""
+    return ("solver", "Verifier") if pool == VERIFIER else (pool, "Sampler")
+
+
 def _expected_replicas(pool: str) -> Callable[[], int]:
+    app_name, deployment = _app_of(pool)
+
     def running() -> int:
         try:
-            app = serve.status().applications[pool]
+            app = serve.status().applications[app_name]
             return sum(dep.replica_states.get("RUNNING", 0) for name, dep in app.deployments.items()
-                       if name == "Sampler")
+                       if name == deployment)
         except KeyError:
             return 1
     return running
 
 
 def scale(pool: str, num_replicas: int, config: ServingConfig | None = None) -> None:
-    """Change one pool's replica count; new replicas come up on the pool's current version."""
+    """Change one pool's replica count; new replicas come up on the pool's current version. Scaling the
+    verifier redeploys the solver's app, which holds it."""
     if not isinstance(num_replicas, int) or num_replicas < 1:
         raise ConfigError(f"replicas must be a positive integer, got {num_replicas!r}")
     config = config or serving_config_from_registry()
     config.pool(pool).num_replicas = num_replicas
     config.pool(pool).autoscaling = None
-    serve.run(build_app(pool, config), name=pool, route_prefix="/" if pool == "solver" else None)
+    app_name = _app_of(pool)[0]
+    serve.run(build_app(app_name, config), name=app_name, route_prefix="/" if app_name == "solver" else None)
     ray.get(get_registry().set_serving_config.remote(config.model_dump(mode="json")))
 
 

@@ -10,11 +10,16 @@ by one assignment; if loading fails the old model keeps serving and the error is
 `generate_stream` is the streaming twin of `generate`: it yields the rows' text as the decode loop writes it.
 Its rows skip `@serve.batch` and go straight to the decode loop, which admits them at its next step together
 with whatever is decoding (waiting for a batch to fill would only delay the first token).
+
+`score` is the verifier's entry (`trainers.engine.scoring.score_candidates`): concurrent calls are grouped by
+their own `@serve.batch` and scored together with one policy snapshot, one forward pass per candidate and
+label, on a scoring thread of their own (the event loop stays free, and the decode thread keeps decoding).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 from dataclasses import asdict
@@ -28,6 +33,7 @@ from services.config import PoolConfig
 from services.decode_loop import DecodeLoop, TextPiece
 from services.registry import get_registry
 from trainers.engine.decoding import Decoded, DecodeRequest
+from trainers.engine.scoring import score_candidates
 from trainers.models.checkpoints import Policy, load_policy
 
 logger = logging.getLogger("ray.serve")
@@ -47,6 +53,8 @@ class Sampler:
         self.policy: Policy | None = None
         self.error: dict[str, str] | None = None
         self.decoder = DecodeLoop(max_batch=DEFAULTS.max_rows_per_forward)
+        self.score_rows = DEFAULTS.max_rows_per_forward
+        self._scorer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dpost-score")
         current = ray.get(self.registry.current.remote(pool))
         if current is not None:  # come up on the pool's current version, whenever this replica starts
             self._load(*current)
@@ -56,9 +64,11 @@ class Sampler:
         """Batch settings from the pool config (Serve's `user_config`, `PoolConfig.batch_settings`; applied in
         place)."""
         pool = PoolConfig.model_validate(user_config)
-        self._group.set_max_batch_size(pool.max_batch_size)
-        self._group.set_batch_wait_timeout_s(pool.batch_wait_timeout_s)
+        for group in (self._group, self._score_group):
+            group.set_max_batch_size(pool.max_batch_size)
+            group.set_batch_wait_timeout_s(pool.batch_wait_timeout_s)
         self.decoder.set_max_batch(pool.max_rows_per_forward)
+        self.score_rows = pool.max_rows_per_forward
 
     def _load(self, version: str, checkpoint: str) -> None:
         try:
@@ -127,6 +137,27 @@ class Sampler:
                 pieces.extend(more)
             yield {"pieces": pieces}
         yield self._answer(policy, result.result())
+
+    async def score(self, problems: list[str], solutions: list[str]) -> dict[str, Any]:
+        """The verifier's score S of each (problem, solution) pair, in order: {model_version, scores}."""
+        if len(problems) != len(solutions):
+            raise ValueError(f"{len(problems)} problems for {len(solutions)} solutions")
+        return await self._score_group((list(problems), list(solutions)))
+
+    @serve.batch(max_batch_size=DEFAULTS.max_batch_size, batch_wait_timeout_s=DEFAULTS.batch_wait_timeout_s)
+    async def _score_group(self, requests: list[tuple[list[str], list[str]]]) -> list[dict[str, Any]]:
+        """Concurrent score requests as one `score_candidates` call (its batches sort rows by length, so
+        requests of different lengths pad little), then split back per request."""
+        policy = self._serving_policy()
+        problems = [p for ps, _ in requests for p in ps]
+        solutions = [s for _, ss in requests for s in ss]
+        scores = await asyncio.get_running_loop().run_in_executor(
+            self._scorer, score_candidates, policy.model, policy.tokenizer, problems, solutions, self.score_rows)
+        answers, start = [], 0
+        for ps, _ in requests:
+            answers.append({"model_version": policy.version, "scores": scores[start:start + len(ps)]})
+            start += len(ps)
+        return answers
 
     def _serving_policy(self) -> Policy:
         if self.policy is None:

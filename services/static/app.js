@@ -98,13 +98,22 @@ async function solve(event) {
     renderRationale($("rationale"), body.rationale, calculatorOn);
     $("calc-legend").hidden = !calculatorOn || !$("rationale").querySelector("mark.calc");
     const clusters = body.clusters || (body.answer === null ? [] : [{ answer: body.answer, votes: body.votes }]);
+    const reranked = body.rule !== null && body.rule !== undefined;  // clusters carry verifier scores
     const rows = $("clusters").tBodies[0];
     rows.replaceChildren(...clusters.map((c) => {
       const tr = el("tr");
       tr.append(el("td", {}, c.answer === null ? "(none)" : String(c.answer)), el("td", {}, String(c.votes)),
                 el("td", {}, pct(c.votes / body.n)));
+      if (reranked) tr.append(el("td", {}, c.best_score.toFixed(3)), el("td", {}, c.summed_score.toFixed(3)));
+      if (reranked && c.answer === body.answer) tr.classList.add("chosen");
       return tr;
     }));
+    for (const th of $("clusters").querySelectorAll("th.score")) th.hidden = !reranked;
+    $("rerank-legend").hidden = !reranked;
+    if (reranked) {
+      $("rerank-legend").textContent = `chosen by ${body.rule} (K = ${body.top_k}) with verifier ` +
+        `${body.verifier_version}; the rationale is the chosen answer's best-scored sample`;
+    }
     $("clusters-box").hidden = body.n < 2;
     $("result").hidden = false;
   } catch (e) {
