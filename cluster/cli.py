@@ -5,6 +5,7 @@
     dpost submit configs/x.yaml --address http://HEAD:8265
     dpost status [RUN]    dpost scale solver 3    dpost solve "question"    dpost rollback sft-0
     dpost eval --checkpoint runs/demo/checkpoints/sft-1 --data test.jsonl
+    dpost synthesize configs/synthesis.yaml --problems 200 --seed-text notes.txt
     dpost build-model --preset small --out models/small
 
 User mistakes (bad config, missing file, unknown version) print one line and exit with code 2.
@@ -88,6 +89,90 @@ def cmd_run(args: argparse.Namespace) -> int:
                 time.sleep(3600)
         except KeyboardInterrupt:
             return 0
+
+
+def cmd_synthesize(args: argparse.Namespace) -> int:
+    """Only the synthesis stages of a run (the warm-up, the synthesizer, iteration 1's written problems and
+    votes) into its run directory, then one line per stage. Seed files and data are read before Ray starts,
+    so bad input is one line."""
+    import ray
+
+    from cluster.config import parse_config, read_yaml_file
+    from cluster.console import Console
+    from cluster.job import start_coordinator
+    from services.pools import start_serve
+    from trainers.synthesis.prompts import load_seed_texts
+
+    raw = read_yaml_file(args.config) or {}
+    if not isinstance(raw, dict) or not isinstance(raw.get("synthesis") or {}, dict):
+        raise ConfigError(f"{args.config}: the top level and its `synthesis` must be mappings")
+    synthesis = dict(raw.get("synthesis") or {}, enabled=True)
+    for key, value in (("problems_per_iteration", args.problems), ("vote_threshold", args.vote_threshold)):
+        if value is not None:
+            synthesis[key] = value
+    if args.seed_text:
+        synthesis["seed_texts"] = [*(synthesis.get("seed_texts") or []), *args.seed_text]
+    raw = {**raw, "synthesis": synthesis, **({"name": args.name} if args.name else {})}
+    config = parse_config(raw, where=args.config)
+    load_seed_texts(config.synthesis.seed_texts)
+    _check_synthesis_data(config)
+    logs = config.run_dir / "logs"
+    with Console.to_log_file(logs / "driver.log") as console:
+        console.print(f"dpost: synthesis stages of run {config.name} in {config.run_dir}; logs in {logs}")
+        if args.address:
+            connect(args.address)
+        else:
+            _start_local_ray(logs)
+        start_serve(config.serving)
+        coordinator = start_coordinator(config, detached=False)
+        try:
+            ray.get(coordinator.synthesize.remote())
+        except ray.exceptions.RayTaskError as exc:
+            if isinstance(exc.cause, DpostError):  # a user's mistake found inside a stage: still one line
+                raise exc.cause from None
+            raise
+        finally:
+            ray.kill(coordinator, no_restart=True)  # `dpost run` of the run directory starts its own
+    manifest = json.loads((config.run_dir / "manifest.json").read_text())
+    for line in synthesis_lines(manifest):
+        print(line)
+    return 0
+
+
+def _check_synthesis_data(config: Any) -> None:
+    """What the synthesizer needs from a run's own files, checked before anything starts."""
+    if config.data.synthetic is not None:
+        return
+    from trainers.data.problems import load_problems
+
+    if not any(p.rationale for p in load_problems(config.data.labeled)):
+        raise ConfigError(f"data.labeled {config.data.labeled}: no problem has a rationale for the synthesizer "
+                          "to learn from")
+    load_problems(config.data.unlabeled, unanswered=True)
+
+
+def synthesis_lines(manifest: dict[str, Any]) -> list[str]:
+    """One line per synthesis stage of a run's manifest: what the synthesizer learnt from, the filter
+    counts, the vote's label stats."""
+    stages = {name: s.get("outputs", {}) for name, s in manifest["stages"].items() if s.get("status") == "done"}
+    lines = []
+    if "synthesizer" in stages:
+        s = stages["synthesizer"]
+        lines.append(f"synthesizer: {s['examples']} examples ({s['seed_texts']} seed texts), {s['global_step']} "
+                     f"SFT steps from {s['trained_from']}, loss {s['first_loss']:.3g} -> {s['final_loss']:.3g}")
+    for name in sorted(n for n in stages if n.endswith("-synthesized")):
+        s = stages[name]
+        empty = "nothing kept: " if not s["kept"] else ""
+        lines.append(f"{name}: {empty}{s['summary']} (by {s['synthesizer_version']})")
+    for name in sorted(n for n in stages if n.endswith("-votes")):
+        s = stages[name]
+        accuracy = ("no gold to grade against" if s["label_accuracy"] is None
+                    else f"label accuracy {100 * s['label_accuracy']:.1f}% against the synthesizer's answers")
+        lines.append(f"{name}: k={s['samples_per_question']}, threshold {s['vote_threshold']}: synthesized "
+                     f"{s['synthesized_labelled']}/{s['synthesized']} labelled, unanswered "
+                     f"{s['unanswered_labelled']}/{s['unanswered']} labelled; {accuracy}; U_t {s['count']} "
+                     f"questions in {s['path']}")
+    return lines
 
 
 def _start_local_ray(logs: Path) -> None:
@@ -361,6 +446,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--data", help="GSM8K-format file to train the tokenizer on (default: synthetic task)")
     p.add_argument("--seed", type=int, default=0)
+
+    p = add("synthesize", cmd_synthesize, "run only the synthesis stages (synthesizer, written problems, filters, "
+                                          "vote labels) into a run directory and print their counts")
+    p.add_argument("config")
+    p.add_argument("--name", help="override the run name (the run directory)")
+    p.add_argument("--address", help="join this Ray cluster instead of starting a local one")
+    p.add_argument("--problems", type=int, help="synthesis.problems_per_iteration")
+    p.add_argument("--vote-threshold", type=float, help="synthesis.vote_threshold, in (0, 1]")
+    p.add_argument("--seed-text", action="append", metavar="FILE", help="a seed text file (repeatable), added "
+                                                                        "to synthesis.seed_texts")
 
     p = add("eval", eval_cmd.run, "evaluate a checkpoint or the live solver on benchmark files")
     eval_cmd.add_arguments(p)

@@ -6,6 +6,7 @@
     model: {preset: small}  # or {path: /models/my-hf-folder}
     data: {synthetic: {...}} # or {labeled: a.jsonl, unlabeled: b.jsonl, dev: c.jsonl, test: d.jsonl}
     sampling: {...}; training: {...}; evaluation: {...}; serving: {...}; storage: {...}; rft: {...}
+    synthesis: {enabled: true, problems_per_iteration: 200, vote_threshold: 0.6, seed_texts: [...]}
 
 Every section is a pydantic model below, each field documented and bounded; `dpost config --schema` prints the
 JSON Schema and `dpost config --show FILE` the config with every default filled in. An unknown key or a bad
@@ -27,6 +28,7 @@ from trainers.core.errors import ConfigError, config_error
 from trainers.data.synthetic import SyntheticTaskConfig
 from trainers.engine.decoding import MAX_NEW_TOKENS
 from trainers.models.scratch import PRESETS
+from trainers.synthesis.config import SynthesisConfig
 from trainers.training.config import (PRESET_NAMES, STAGES, DPOArgs, Placement, SFTArgs, TrainStageConfig,
                                       VerifierArgs, check_causal_lm)
 
@@ -298,6 +300,10 @@ class RunConfig(BaseModel):
     serving: ServingConfig = Field(default_factory=ServingConfig)
     storage: StorageSection = Field(default_factory=StorageSection)
     rft: RFTSection = Field(default_factory=RFTSection)
+    synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig, description=(
+        "JiuZhang3.0 problem synthesis (trainers/synthesis/config.py): with `enabled`, a synthesizer trained "
+        "once per run writes problems each iteration; the filtered ones join U_t with vote labels. Its "
+        "`samples_per_question` and `vote_threshold` also label unlabeled rows that come without an answer."))
     verifier: VerifierSection = Field(default_factory=VerifierSection)
 
     @model_validator(mode="before")
@@ -336,8 +342,9 @@ class RunConfig(BaseModel):
             raise ConfigError("data: this run reads files, not the synthetic task")
         return self.data.synthetic
 
-    def stage_config(self, kind: str, **paths: str) -> TrainStageConfig:
-        """The SFT or DPO stage config: the section's TRL fields <- placement <- paths."""
+    def stage_config(self, kind: str, **paths: Any) -> TrainStageConfig:
+        """The SFT or DPO stage config: the section's TRL fields <- placement <- paths (and any field a
+        caller sets for one stage, such as the synthesizer's max_steps)."""
         stage = STAGES[kind]
         values = {**getattr(self.training, kind).model_dump(exclude_unset=True),
                   **self.training.model_dump(include=set(Placement.model_fields)),

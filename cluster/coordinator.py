@@ -2,6 +2,7 @@
 
     f0 = base model;  f = SFT(f0, L)                                   # warm-up
     for t in 1..T:
+        U_t = U_t + vote(f, filter(synthesize(g, seeds)))              # JiuZhang3.0, with `synthesis.enabled`
         D  = pairs(sample(f, U_t, n=5, T=0.7))                         # correct = chosen, wrong = rejected
         fd = DPO(f, D, beta=0.1, reference=f)                          # DPO step   (mode `st`: fd = f)
         S  = dedup(correct(sample(fd, U_t, n=K, T=0.7)), jaccard>=0.7)
@@ -11,7 +12,8 @@
         evaluate(f) on dev; promote f to the live solver if it is at least as good as the live model
 
 Mode `st` skips the DPO step; mode `rft` runs one round of rejection-sampling fine-tuning instead of the loop;
-`iterations: 0` stops after the warm-up (the SFT baseline).
+`iterations: 0` stops after the warm-up (the SFT baseline). The synthesizer g is trained once per run; a U_t
+row without an answer is labelled by f's vote too (cluster/synthesis_stages.py).
 
 Every line is a stage (cluster/stages.py) whose outputs are files in the run directory; a stage already
 done is skipped, so a restarted coordinator resumes at the first unfinished one.
@@ -25,7 +27,7 @@ from typing import Any
 
 import ray
 
-from cluster import stages, verifier_stages
+from cluster import stages, synthesis_stages, verifier_stages
 from cluster.config import RunConfig, parse_config
 from cluster.progress import Progress
 from cluster.report import write_report
@@ -48,6 +50,7 @@ def self_training(config: RunConfig, run: RunDir, progress: Progress) -> dict[st
 
     for t in range(1, config.iterations + 1):
         questions = stage(run, f"it{t}-questions", lambda: stages.select_questions(config, run, data, t), progress)
+        questions = synthesis_stages.grow_questions(config, run, data, f0, f, questions, t, progress)
         if config.mode == "dpo-st":
             samples = stage(run, f"it{t}-dpo-samples", lambda: stages.sample_rationales(
                 config, run, f["version"], f["checkpoint"], questions["path"], config.sampling.dpo_samples,
@@ -114,6 +117,7 @@ def rejection_sampling_fine_tuning(config: RunConfig, run: RunDir, f0: str, labe
     """RFT (Yuan et al. 2023): one round; correct samples pooled from several models, deduplicated by their
     equation lists, and SFT from the base model on labeled + pooled."""
     questions = stage(run, "it1-questions", lambda: stages.select_questions(config, run, data, 1), progress)
+    questions = synthesis_stages.grow_questions(config, run, data, f0, warm_up, questions, 1, progress)
     models = [(warm_up["version"], warm_up["checkpoint"])]
     models += [(f"rft-model-{i}", path) for i, path in enumerate(config.rft.checkpoints, start=1)]
     sample_paths = []
@@ -126,6 +130,17 @@ def rejection_sampling_fine_tuning(config: RunConfig, run: RunDir, f0: str, labe
         config, run, sample_paths, "rft-pseudo-labels", method=config.rft.dedup), progress)
     sft_step(config, run, f0, labeled, [labels["path"]], "sft-1", progress)
     return finish(config, run, progress)
+
+
+def synthesis_only(config: RunConfig, run: RunDir, progress: Progress) -> dict[str, Any]:
+    """`dpost synthesize`: the warm-up and iteration 1's synthesis stages, nothing after them; `dpost run` of
+    the same config and run directory resumes from there."""
+    data = stage(run, "data", lambda: stages.prepare_data(config, run), progress)
+    base = stage(run, "base", lambda: stages.build_base(config, run, data), progress)
+    f = sft_step(config, run, base["checkpoint"], data["labeled_path"], [], "sft-0", progress,
+                 reuse=config.model.warmup)
+    questions = stage(run, "it1-questions", lambda: stages.select_questions(config, run, data, 1), progress)
+    return synthesis_stages.grow_questions(config, run, data, base["checkpoint"], f, questions, 1, progress)
 
 
 def finish(config: RunConfig, run: RunDir, progress: Progress) -> dict[str, Any]:
@@ -154,6 +169,13 @@ class Coordinator:
     def run(self) -> dict[str, Any]:
         ensure_pools(self.config.serving, live=self._live(), run_dir=str(self.run_dir.root))
         return self_training(self.config, self.run_dir, self.progress)
+
+    def synthesize(self) -> dict[str, Any]:
+        """Only the synthesis stages (`synthesis_only`); the manifest's status becomes `synthesized`."""
+        ensure_pools(self.config.serving, live=self._live(), run_dir=str(self.run_dir.root))
+        outputs = synthesis_only(self.config, self.run_dir, self.progress)
+        self.run_dir.update(status="synthesized")
+        return outputs
 
     def _live(self) -> tuple[str, str] | None:
         version = self.run_dir.live()

@@ -55,7 +55,8 @@ def model_version(run_name: str, version: str) -> str:
 # ------------------------------------------------------------------------------------------------ data, base
 
 def prepare_data(config: RunConfig, run: RunDir) -> dict[str, Any]:
-    """Synthetic splits, or the user's files copied in as GSM8K jsonl (so later stages read one format)."""
+    """Synthetic splits, or the user's files copied in as GSM8K jsonl (so later stages read one format).
+    Unlabeled rows may come without an answer (`unanswered_count`): the loop labels them by vote."""
     out: dict[str, Any] = {}
     if config.data.synthetic is not None:
         from trainers.data.synthetic import build_synthetic_task
@@ -64,10 +65,11 @@ def prepare_data(config: RunConfig, run: RunDir) -> dict[str, Any]:
         out = {f"{split}_path": str(path) for split, path in paths.items()}
     else:
         for split in ("labeled", "unlabeled", "dev", "test"):
-            problems = load_problems(getattr(config.data, split)).problems
+            problems = load_problems(getattr(config.data, split), unanswered=split == "unlabeled").problems
             out[f"{split}_path"] = str(write_gsm8k_jsonl(problems, run.data / "task" / f"{split}.jsonl"))
     for split in ("labeled", "unlabeled", "dev", "test"):
-        out[f"{split}_count"] = len(load_problems(out[f"{split}_path"]))
+        out[f"{split}_count"] = len(load_problems(out[f"{split}_path"], unanswered=split == "unlabeled"))
+    out["unanswered_count"] = sum(p.answer is None for p in load_problems(out["unlabeled_path"], unanswered=True))
     return out
 
 
@@ -78,14 +80,14 @@ def build_base(config: RunConfig, run: RunDir, data: dict[str, Any]) -> dict[str
     from trainers.models.scratch import build_tiny_model
 
     texts = [f"{p.question}\n{p.rationale}" for p in load_problems(data["labeled_path"]).problems]
-    texts += [p.question for p in load_problems(data["unlabeled_path"]).problems]
+    texts += [p.question for p in load_problems(data["unlabeled_path"], unanswered=True).problems]
     path = build_tiny_model(run.checkpoint("base"), config.model.preset or "tiny", texts, seed=config.model.seed)
     return {"checkpoint": str(path), "source": f"preset:{config.model.preset}"}
 
 
 def select_questions(config: RunConfig, run: RunDir, data: dict[str, Any], iteration: int) -> dict[str, Any]:
-    """U_t: the iteration's slice of the unlabeled questions (cycling through the file)."""
-    problems = load_problems(data["unlabeled_path"]).problems
+    """U_t: the iteration's slice of the unlabeled questions (cycling through the file), answered or not."""
+    problems = load_problems(data["unlabeled_path"], unanswered=True).problems
     size = config.data.unlabeled_per_iteration or len(problems)
     start = ((iteration - 1) * size) % len(problems)
     picked = (problems + problems)[start:start + min(size, len(problems))]
@@ -98,17 +100,21 @@ def select_questions(config: RunConfig, run: RunDir, data: dict[str, Any], itera
 def sample_rationales(config: RunConfig, run: RunDir, version: str, checkpoint: str, questions_path: str,
                       n: int, out_name: str, progress: ProgressFn | None = None) -> dict[str, Any]:
     """Sample n rationales per question at the configured temperature from `checkpoint` on the rollout pool,
-    label each against the gold answer, and write the records with provenance."""
+    label each against the gold answer (a vote label for a synthesized or unanswered question), and write the
+    records with provenance, a question's own `provenance` included."""
     s = config.sampling
     params = DecodeParams(n=n, temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
-                          calculator=s.calculator, seed=config.seed + _stable(out_name))
+                          calculator=s.calculator, seed=config.seed + stable_seed(out_name))
     problems = load_problems(questions_path).problems
     rows = make_requests(problems, params)
     started = time.time()
-    decoded, versions = _rollout_decoder(config, version, checkpoint, out_name, len(rows), progress)(rows)
+    decoded, versions = rollout_decoder(config, version, checkpoint, out_name, len(rows), progress)(rows)
     records = to_records(problems, params, decoded, model_version(config.name, version))
+    origins = question_provenance(questions_path)
     for record, served_by in zip(records, versions):
         record["served_by"] = served_by
+        if record["question_id"] in origins:
+            record["provenance"] = origins[record["question_id"]]
     path = write_jsonl(run.data / f"{out_name}.jsonl", records)
     correct = sum(r["correct"] for r in records)
     solved = len({r["question_id"] for r in records if r["correct"]})
@@ -117,7 +123,13 @@ def sample_rationales(config: RunConfig, run: RunDir, version: str, checkpoint: 
             "tokens": sum(r["num_tokens"] for r in records)}
 
 
-def _rollout_decoder(config: RunConfig, version: str, checkpoint: str, name: str, total_rows: int,
+def question_provenance(questions_path: str) -> dict[str, dict[str, Any]]:
+    """question id -> `provenance` of the questions file's rows that carry one (synthesized or vote-labelled
+    questions, cluster/synthesis_stages.py); every record derived from such a question copies it."""
+    return {row["id"]: row["provenance"] for row in read_jsonl(Path(questions_path)) if "provenance" in row}
+
+
+def rollout_decoder(config: RunConfig, version: str, checkpoint: str, name: str, total_rows: int,
                      progress: ProgressFn | None) -> DecodeFn:
     """Swap the rollout pool to (version, checkpoint); return a decode_fn that sends its rows to the pool
     (all chunks in flight at once) and reports the rows done to `progress` under `name`."""
@@ -135,7 +147,7 @@ def _rollout_decoder(config: RunConfig, version: str, checkpoint: str, name: str
     return decode
 
 
-def _stable(name: str) -> int:
+def stable_seed(name: str) -> int:
     import zlib
 
     return zlib.crc32(name.encode()) % 100_000
@@ -161,10 +173,13 @@ def dpo_step_effect(config: RunConfig, run: RunDir, f: dict[str, Any], fd: dict[
 
 def preference_pairs(config: RunConfig, run: RunDir, samples_path: str, out_name: str) -> dict[str, Any]:
     """DPO data: correct samples are chosen, incorrect ones rejected (completion format applied)."""
-    pairs, stats = build_pairs(read_jsonl(Path(samples_path)),
-                               max_pairs_per_question=config.sampling.max_pairs_per_question)
+    samples = read_jsonl(Path(samples_path))
+    pairs, stats = build_pairs(samples, max_pairs_per_question=config.sampling.max_pairs_per_question)
+    origins = {s["question_id"]: s["provenance"] for s in samples if "provenance" in s}
     for p in pairs:
         p["chosen"], p["rejected"] = format_completion(p["chosen"]), format_completion(p["rejected"])
+        if p["question_id"] in origins:
+            p["provenance"] = origins[p["question_id"]]
     path = write_jsonl(run.data / f"{out_name}.jsonl", pairs)
     return {"path": str(path), **stats}
 
@@ -199,7 +214,8 @@ def sft_dataset(run: RunDir, labeled_path: str, pseudo_paths: list[str], out_nam
              "source": "labeled", "question_id": p.id} for p in load_problems(labeled_path).problems]
     for path in pseudo_paths:
         rows += [{"prompt": r["prompt"], "completion": format_completion(r["completion"]),
-                  "source": r["model_version"], "question_id": r["question_id"]} for r in read_jsonl(Path(path))]
+                  "source": r["model_version"], "question_id": r["question_id"],
+                  **({"provenance": r["provenance"]} if "provenance" in r else {})} for r in read_jsonl(Path(path))]
     path = write_jsonl(run.data / f"{out_name}.jsonl", rows)
     return {"path": str(path), "examples": len(rows)}
 
@@ -207,10 +223,12 @@ def sft_dataset(run: RunDir, labeled_path: str, pseudo_paths: list[str], out_nam
 # ------------------------------------------------------------------------------------------------ training
 
 def train(config: RunConfig, run: RunDir, kind: str, version: str, model_path: str, data_path: str,
-          progress: StepProgress | None = None) -> dict[str, Any]:
+          progress: StepProgress | None = None, **overrides: Any) -> dict[str, Any]:
+    """Train `version` under Ray Train from `model_path` on `data_path` with the config's `kind` stage
+    settings (`overrides` replace some of them, e.g. the synthesizer's `max_steps`)."""
     stage_config = config.stage_config(kind, model_path=model_path, data_path=data_path,
                                        output_dir=str(run.checkpoint(version)),
-                                       run_name=f"{config.name}-{version}")
+                                       run_name=f"{config.name}-{version}", **overrides)
     if not stage_config.storage_path:
         stage_config.storage_path = str(run.root / "ray_train")
     result = (train_sft if kind == "sft" else train_dpo)(stage_config, progress)  # type: ignore[arg-type]
@@ -248,7 +266,7 @@ def evaluate_version(config: RunConfig, run: RunDir, version: str, checkpoint: s
         # one decode_fn call for the whole split: the pool spreads its chunks over every replica
         eval_config = EvalConfig(max_new_tokens=config.evaluation.max_new_tokens, calculator=calculator,
                                  batch_size=max(1, len(problems)), model=checkpoint)
-        decode = _rollout_decoder(config, version, checkpoint, name, len(problems), progress)
+        decode = rollout_decoder(config, version, checkpoint, name, len(problems), progress)
         items, metrics = evaluate_problems(problems, decode, eval_config, model_version(config.name, version))
         out[f"{key}_accuracy"] = metrics["greedy_strict"]
         out[f"{key}_path"] = str(write_jsonl(run.data / f"{name}.jsonl", items))
