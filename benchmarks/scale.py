@@ -31,7 +31,8 @@ Stages:
   rarely write `<<expr=`, so the calculator column measures its per-token checks.
 - `eval`: `trainers.evaluation.evaluate_problems` (greedy pass@1) on `--eval-problems` test questions with a
   local decoder (batch 32).
-- `vs-vllm`: `benchmarks/sampler.py --vs-vllm` (both models), its rows copied into `vs_vllm`.
+- `vs-vllm`: `benchmarks/sampler.py --vs-vllm` (both models), its rows copied into `vs_vllm` (or, with
+  `--vs-vllm-json`, the rows of earlier `sampler.py --vs-vllm` result files).
 In-process stages run in a fresh child process, so each peak RSS is that stage's own.
 """
 
@@ -71,6 +72,9 @@ def parse_args(argv: Sequence[str] | None = None):
     p.add_argument("--eval-problems", type=int, default=32)
     p.add_argument("--vs-vllm", default="", metavar="PYTHON", help="vLLM venv's python for the vs-vllm stage")
     p.add_argument("--demo-checkpoint", default="", help="demo-size model for vs-vllm (default: trained there)")
+    p.add_argument("--vs-vllm-json", default="",
+                   help="vs-vllm: take the rows of these `sampler.py --vs-vllm` result files (comma-separated) "
+                        "instead of running it")
     args = p.parse_args(argv)
     args.stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = set(args.stages) - set(STAGES)
@@ -275,6 +279,12 @@ def stage_eval(args: Any) -> dict[str, Any]:
 def stage_vs_vllm(args: Any) -> dict[str, Any]:
     from benchmarks.sampler import main as sampler_main
 
+    if args.vs_vllm_json:
+        results = [json.loads(Path(f).read_text()) for f in args.vs_vllm_json.split(",")]
+        return {"stage": "vs-vllm", "rows": [r for res in results for r in res["vs_vllm"]["rows"]],
+                "targets": {k: v for res in results for k, v in res["targets"].items()},
+                "sources": args.vs_vllm_json.split(","),
+                "machine_load": [res["machine"].get("load_avg_1_5_15") for res in results]}
     argv = ["--vs-vllm", args.vs_vllm, "--realistic-checkpoint", str(paths_of(Path(args.workdir))["model"]),
             "--workdir", str(Path(args.workdir) / "vs-vllm"), "--max-new-tokens", str(args.max_new_tokens)]
     if args.demo_checkpoint:
@@ -295,7 +305,9 @@ def merge(path: Path, measured: dict[str, dict[str, Any]], machine: dict[str, An
     for name, result in measured.items():
         if name == "vs-vllm":
             data["vs_vllm"] = [{k: r[k] for k in ("model", "batch", "calculator", "dpost_tps", "vllm_tps", "ratio",
-                                                  "calculator_overhead_pct", "same_text_share", "prompts")}
+                                                  "dpost_tokens_per_cpu_s", "vllm_tokens_per_cpu_s", "cpu_ratio",
+                                                  "calculator_overhead_pct", "calculator_overhead_cpu_pct",
+                                                  "same_text_share", "prompts")}
                                for r in result["rows"]]
             details["vs-vllm"] = result
             continue
