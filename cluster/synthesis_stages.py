@@ -50,6 +50,8 @@ def grow_questions(config: RunConfig, run: RunDir, data: dict[str, Any], f0: str
         written = stage(run, f"it{t}-synthesized", lambda: synthesize_problems(
             config, run, data, synthesizer["checkpoint"], f"it{t}-synthesized", config.seed + t, progress.update),
             progress)
+        if not written["kept"]:  # an empty stage, not a failed run: the counts say which filter emptied it
+            progress.log(f"[it{t}-synthesized] nothing kept: {written['summary']}")
     return stage(run, f"it{t}-votes", lambda: vote_labels(
         config, run, policy, questions["path"], written["path"] if written else None, f"it{t}-votes",
         progress.update), progress)
@@ -65,8 +67,9 @@ def train_synthesizer(config: RunConfig, run: RunDir, data: dict[str, Any], f0: 
         raise DataError("synthesis: no labeled problem has a rationale for the synthesizer to learn from")
     path = write_jsonl(run.data / "synthesizer-train.jsonl", examples)
     start = s.synthesizer_path or f0
+    rate = {"learning_rate": s.learning_rate} if s.learning_rate else {}
     trained = stages.train(config, run, "sft", SYNTHESIZER, start, str(path), progress.for_workers(SYNTHESIZER),
-                           max_steps=s.train_steps, logging_steps=max(1, s.train_steps // 5))
+                           max_steps=s.train_steps, logging_steps=max(1, s.train_steps // 5), **rate)
     return {**trained, "examples": len(examples), "seed_texts": len(seeds), "trained_from": start}
 
 

@@ -25,6 +25,8 @@ class SynthesisConfig(BaseModel):
     synthesizer_path: str | None = Field(None, description=(
         "HF folder the synthesizer is fine-tuned from; default: the run's base model f0."))
     train_steps: int = Field(200, ge=1, description="SFT steps that teach the synthesizer the prompt format.")
+    learning_rate: float | None = Field(None, gt=0, le=1, description=(
+        "The synthesizer's SFT learning rate; default: training.sft's (its other TRL fields are those too)."))
     temperature: float = Field(0.8, gt=0, le=2, description="Sampling temperature for writing problems.")
     max_new_tokens: int = Field(MAX_NEW_TOKENS, ge=16, le=4096,
                                 description="Most tokens of one written problem and its solution.")
