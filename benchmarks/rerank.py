@@ -16,14 +16,14 @@ scoring pass goes on from its last saved chunk):
   train-samples  `--train-samples` rationales per question at T on the first `--train-questions` unlabeled
                  (training) questions, labelled by final-answer match: `evaluate_files` with no greedy pass.
   verifier       balanced evaluator examples (`trainers.data.verifier`) from all but the last
-                 `--heldout-questions` of them; `train_verifier` under Ray Train from the generator (the demo's
-                 placement: 2 workers, ZeRO-2).
+                 `--heldout-questions` of them; `train_verifier` under Ray Train (ZeRO-2) from the generator.
   sample         greedy + `--n` samples per test question with the calculator: `evaluate_files`.
   score          the verifier's AUC on every sample of the held-out training questions; every test sample
                  scored by the verifier and each question re-ranked (`rerank_correct`): what `dpost eval
                  --rerank` does after decoding, split off so decoding need not wait for the verifier.
   multitask-train, multitask-eval   (only when asked for) multi-task sequential fine-tuning against its
-                 control, see `multitask_train_phase`: two SFT runs (Ray Train), then greedy + n samples each.
+                 control through the loop's `verifier.mode` (one `dpost run` per arm, not under the lock: see
+                 `multitask_train_phase`), then greedy + n samples of each arm's policy on the test questions.
 `aggregate` reads every seed whose score phase is done and writes the JSON (`--out`) with `seeds` (the seeds
 aggregated), `test_questions`, `n`, `results` ({strategy, mean, ci_low, ci_high} in percent; `pass@1` is the
 greedy answer, every other strategy reads the flexible answers of the n samples), paired differences to maj,
@@ -44,12 +44,15 @@ setup_env()
 import argparse  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
+import subprocess  # noqa: E402
 import time  # noqa: E402
 from typing import Any, Callable  # noqa: E402
 
-from benchmarks.common import REPO, machine_info, print_table, write_json  # noqa: E402
+import yaml  # noqa: E402
+
+from benchmarks.common import REPO, free_port, machine_info, print_table, write_json  # noqa: E402
 from cluster.aggregate import interval  # noqa: E402
-from cluster.config import RunConfig, load_config  # noqa: E402
+from cluster.config import RunConfig, load_config, parse_config, read_yaml_file  # noqa: E402
 from trainers.core.answers import answer_checker  # noqa: E402
 from trainers.core.files import atomic_write_text  # noqa: E402
 from trainers.core.metrics import auc  # noqa: E402
@@ -231,13 +234,15 @@ def verifier_phase(seed: Seed) -> dict[str, Any]:
     config = VerifierStageConfig(
         model_path=seed.check_generator(), data_path=data["path"], output_dir=str(seed.root / "verifier"),
         run_name=f"rerank-verifier-seed{seed.seed}", num_workers=args.verifier_workers, zero_stage=2,
-        max_steps=args.verifier_steps, learning_rate=args.verifier_lr, per_device_train_batch_size=16,
+        max_steps=args.verifier_steps, learning_rate=args.verifier_lr,
+        per_device_train_batch_size=args.verifier_batch // args.verifier_workers,
         save_steps=args.verifier_steps, logging_steps=max(1, args.verifier_steps // 6), seed=seed.seed)
     with local_ray():
         result = train_verifier(config)
     m = result.metrics
     return seed.finish("verifier", {
         "checkpoint": str(result.checkpoint), "data": data, "steps": m["global_step"],
+        "workers": args.verifier_workers, "global_batch": args.verifier_batch, "learning_rate": args.verifier_lr,
         "first_loss": m["first_loss"], "final_loss": m["final_loss"],
         "losses": [round(h["loss"], 4) for h in m["log_history"] if "loss" in h]}, time.perf_counter() - started)
 
@@ -328,40 +333,57 @@ def score_phase(seed: Seed) -> dict[str, Any]:
 
 
 def multitask_train_phase(seed: Seed) -> dict[str, Any]:
-    """Multi-task sequential fine-tuning (Liu et al. 2023) and its control, both from the seed's warm-up.
-
-    multitask: generation SFT (the warm-up) -> the evaluator task on the same model -> generation SFT again.
-    The separate verifier is the first two steps already (the evaluator task trained from the warm-up), so the
-    multitask policy is that checkpoint after `--mt-sft-steps` more steps of generation SFT on L. control:
-    the warm-up after generation SFT on L for the same number of extra steps (verifier steps + mt-sft-steps).
-    Both SFT runs take the demo's training.sft settings with max_steps set; one Ray Train job each, and a
-    finished one is not trained again."""
-    from trainers.training.ray_train import train_sft
-
-    args = seed.args
+    """Multi-task sequential fine-tuning (Liu et al. 2023) and its control through the loop's own option: one
+    `dpost run --exit-when-done` per arm from the seed's warm-up (`model.warmup`, so sft-0-gen is the warm-up),
+    iterations 0, `verifier` as configs/verifier.yaml sets it with mode multitask or control. multitask:
+    warm-up -> evaluator task on its own samples of labeled questions -> generation SFT (training.sft) again;
+    control: the evaluator's steps spent on generation SFT instead. The arm's policy is the run's sft-0.
+    Each run starts its own Ray cluster and Serve (a free port) and takes as long as a demo run: run this
+    phase as experiments are run, not under the lock; an interrupted run resumes from its finished stages."""
     if done := seed.done("multitask-train"):
         return done
-    verifier = seed.require("verifier")
     started = time.perf_counter()
-    arms = {"multitask": (verifier["checkpoint"], args.mt_sft_steps),
-            "control": (seed.check_generator(), verifier["steps"] + args.mt_sft_steps)}
     trained = seed.state.setdefault("multitask_arms", {})
-    for arm, (start, steps) in arms.items():
+    for arm in ("multitask", "control"):
         if arm in trained:
             continue
+        config_path = write_arm_config(seed, arm)
         arm_started = time.perf_counter()
-        config = seed.config.stage_config("sft", model_path=start, data_path=str(seed.task["labeled"]),
-                                          output_dir=str(seed.root / f"policy-{arm}"),
-                                          run_name=f"rerank-{arm}-seed{seed.seed}", max_steps=steps,
-                                          save_steps=steps, logging_steps=max(1, steps // 5))
-        config.storage_path = str(seed.root / "ray_train")
-        with local_ray():
-            result = train_sft(config)
-        trained[arm] = {"checkpoint": str(result.checkpoint), "start": start, "sft_steps": steps,
-                        "first_loss": result.metrics["first_loss"], "final_loss": result.metrics["final_loss"],
+        log = seed.root / f"loop-{arm}.log"
+        with log.open("w") as out:
+            code = subprocess.call([str(Path(sys.executable).with_name("dpost")), "run", str(config_path),
+                                    "--exit-when-done"], stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+        if code:
+            raise SystemExit(f"seed {seed.seed}: the {arm} run failed (exit {code}); see {log}")
+        run = load_config(config_path).run_dir
+        versions = json.loads((run / "manifest.json").read_text())["versions"]
+        trained[arm] = {"run_dir": str(run), "checkpoint": versions["sft-0"]["path"],
+                        "versions": {name: {k: v for k, v in record.items() if not isinstance(v, (dict, list))}
+                                     for name, record in versions.items()},
                         "seconds": round(time.perf_counter() - arm_started, 1)}
         seed.save()
     return seed.finish("multitask-train", {"arms": trained}, time.perf_counter() - started)
+
+
+def write_arm_config(seed: Seed, arm: str) -> Path:
+    """The arm's run config: the demo's task files and warm-up, no self-training iterations, the verifier
+    recipe of configs/verifier.yaml in mode `arm`; checked by the run config's own parser."""
+    generator = Path(seed.check_generator())
+    raw = read_yaml_file(seed.args.config)
+    recipe = read_yaml_file(REPO / "configs" / "verifier.yaml")
+    raw.update(name=f"rerank-{arm}-seed{seed.seed}", seed=seed.seed, mode="st", iterations=0,
+               # <run>/checkpoints/sft-0 was trained from <run>/checkpoints/base
+               model={"path": str(generator.parent / "base"), "warmup": str(generator)},
+               verifier={**recipe["verifier"], "enabled": True, "mode": arm},
+               storage={"root": str(seed.root / "loop")})
+    data = {k: v for k, v in raw["data"].items() if k != "synthetic"}
+    raw["data"] = {**data, **{split: str(seed.root / "task" / f"{split}.jsonl")
+                              for split in ("labeled", "unlabeled", "dev", "test")}}
+    raw["serving"] = {**raw.get("serving", {}), "port": free_port()}
+    parse_config(raw, where=f"{arm} arm")
+    path = seed.root / f"loop-{arm}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
 
 
 def multitask_eval_phase(seed: Seed) -> dict[str, Any]:
@@ -408,6 +430,11 @@ def check_against_eval(vectors: dict[str, list[float]], metrics: dict[str, Any],
             raise RuntimeError(f"{ours} {mean} differs from the eval path's {theirs} {metrics[theirs]}")
 
 
+def _train_samples_n(seed: Seed) -> int:
+    [run] = json.loads((seed.root / "train-samples" / "eval.json").read_text())["runs"].values()
+    return run["config"]["n"]
+
+
 def aggregate(args: argparse.Namespace, seeds: list[Seed]) -> dict[str, Any]:
     finished = [s for s in seeds if s.done("score")]
     if not finished:
@@ -424,7 +451,8 @@ def aggregate(args: argparse.Namespace, seeds: list[Seed]) -> dict[str, Any]:
         test_auc = auc([x for it in run["items"] for x in scores["items"][it["question_id"]]["verifier_scores"]],
                        [bool(r["correct"]) for it in run["items"] for r in it["samples"]])
         per_seed[str(s.seed)] = {
-            "generator": s.state["generator"], "train_samples": s.done("train-samples"),
+            "generator": s.state["generator"], "train_samples": {**s.done("train-samples"),
+                                                                 "samples_per_question": _train_samples_n(s)},
             "verifier": s.done("verifier"), "test_auc": round(test_auc, 4), "eval_metrics": run["metrics"],
             "sample": {k: v for k, v in s.done("sample").items() if k != "metrics"}, "score": s.done("score"),
             "warmup": s.done("warmup")}
@@ -459,12 +487,13 @@ def aggregate(args: argparse.Namespace, seeds: list[Seed]) -> dict[str, Any]:
         "results": [ci(name, by_strategy[name]) for name in STRATEGIES],
         "references": [ci(name, by_strategy[name]) for name in ("greedy_strict", "pass@1_sampled")],
         "paired_to_maj": paired,
-        "verifier": {"train_questions": args.train_questions - args.heldout_questions,
-                     "heldout_questions": args.heldout_questions, "samples_per_question": args.train_samples,
-                     "steps": args.verifier_steps, "learning_rate": args.verifier_lr,
-                     "workers": args.verifier_workers, "max_per_label": args.verifier_max_per_label,
-                     "starts_from": "the seed's generator",
-                     "heldout_auc": {str(s.seed): s.done("verifier")["heldout_auc"] for s in finished}},
+        "verifier": {
+            "how": "trained from the seed's generator under Ray Train (train_verifier, ZeRO-2) on balanced "
+                   "right/wrong examples (trainers/data/verifier.py) of the generator's own samples of unlabeled "
+                   "(training) questions, labelled by strict final-answer match; AUC over every sample of the "
+                   "held-out training questions and of the test questions (settings per seed in per_seed)",
+            "heldout_auc": {str(s.seed): s.done("verifier")["heldout_auc"] for s in finished},
+            "test_auc": {key: record["test_auc"] for key, record in per_seed.items()}},
         "per_seed": per_seed, "machine": machine_info(),
     }
     doc.update(multitask_summary(finished))
@@ -506,9 +535,9 @@ def multitask_summary(seeds: list[Seed]) -> dict[str, Any]:
                                for arm in ("multitask", "control")}
     summary["multitask_minus_control"] = {"pass@1": diff("pass@1"), "maj": diff("maj")}
     summary["multitask_setup"] = {
-        "how": "measured directly with trainers.training (the loop's verifier.mode option was not used): "
-               "multitask = warm-up -> evaluator task (the separate verifier's training) -> generation SFT on L; "
-               "control = warm-up -> generation SFT on L for the same number of extra steps",
+        "how": "the loop's verifier option (configs/verifier.yaml's recipe, iterations 0, from the seed's "
+               "warm-up): multitask = warm-up -> evaluator task on the policy -> generation SFT again; control = "
+               "the evaluator's steps spent on generation SFT; each arm's sft-0 evaluated greedy + n samples",
         "seeds": keys, "test_questions": questions, "n": n, "arms": {str(k): v for k, v in arms.items()}}
     print_table(f"Multi-task sequential fine-tuning vs control, {len(keys)} seed(s) x {questions} test questions "
                 f"(greedy pass@1 and maj@{n}, %)",
@@ -544,13 +573,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                                           "the verifier (the last held out)")
     parser.add_argument("--heldout-questions", type=int, default=100)
     parser.add_argument("--train-samples", type=int, default=8, help="samples per training question")
-    parser.add_argument("--verifier-steps", type=int, default=150)
+    parser.add_argument("--verifier-steps", type=int, default=80)
     parser.add_argument("--verifier-lr", type=float, default=1e-3)
-    parser.add_argument("--verifier-workers", type=int, default=2)
+    parser.add_argument("--verifier-workers", type=int, default=1,
+                        help="Ray Train workers; on a busy 2-core machine a second worker adds start-up, not speed")
+    parser.add_argument("--verifier-batch", type=int, default=32, help="global batch of the verifier task")
     parser.add_argument("--verifier-max-per-label", type=int, default=None,
                         help="most right (and wrong) examples per question (default: all unique ones)")
-    parser.add_argument("--mt-sft-steps", type=int, default=100,
-                        help="generation SFT steps after the evaluator task (multitask-train)")
     parser.add_argument("--mt-n", type=int, default=0, help="samples per test question for the multi-task "
                                                              "arms' maj (default: --n)")
     parser.add_argument("--mt-test-questions", type=int, default=0,
@@ -562,6 +591,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.generator and len(args.generator) != len(args.seeds):
         parser.error(f"--generator needs one path per seed ({len(args.seeds)}), got {len(args.generator)}")
+    if args.verifier_batch % args.verifier_workers:
+        parser.error("--verifier-batch must be a multiple of --verifier-workers")
     if not 0 < args.heldout_questions < args.train_questions:
         parser.error("--heldout-questions must be in 1..--train-questions - 1")
     return args
