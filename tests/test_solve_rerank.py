@@ -17,6 +17,7 @@ import pytest
 from ray import serve
 
 from cluster.config import parse_config
+from services.api import SolverAPI
 from services.config import ServingConfig, VerifierConfig
 from services.pools import deploy_pool, pool_status
 from tests.conftest import tiny_run_config
@@ -52,6 +53,25 @@ def test_a_verifier_folder_that_is_not_a_causal_lm_is_a_one_line_config_error(ba
     assert parse_config(raw, check_files=False).serving.verifier.rule == "weighted"
     with pytest.raises(ConfigError, match="serving.verifier.rule: Input should be 'rr_topk', 'weighted' or"):
         ServingConfig.from_dict({"verifier": {"path": str(base_checkpoint), "rule": "maj"}})
+
+
+def _served() -> tuple:
+    """What is deployed: when the solver app was last deployed, and each pool's version."""
+    app = serve.status().applications.get("solver")
+    return (app.last_deployed_time_s if app else None, pool_status("solver")["version"],
+            pool_status("verifier")["version"])
+
+
+@pytest.mark.ray
+def test_a_verifier_that_is_not_a_causal_lm_fails_the_deploy_before_anything_changes(
+        serve_port, sft_result, base_checkpoint, tmp_path) -> None:
+    t5 = _not_a_causal_lm(base_checkpoint, tmp_path / "t5")
+    # as read back on another machine (`dpost scale`): the paths are checked where it deploys
+    config = ServingConfig.from_dict({"port": serve_port, "verifier": {"path": str(t5)}}, check_files=False)
+    before = _served()
+    with pytest.raises(CheckpointError, match=r"is not a causal LM \(model_type 't5'\)$"):
+        deploy_pool("solver", config, "never", str(sft_result.checkpoint))
+    assert _served() == before
 
 
 @pytest.fixture(scope="module")
@@ -135,24 +155,21 @@ def test_bad_rerank_requests_get_422_json_and_the_service_stays_up(reranking, bo
 
 
 @pytest.mark.ray
-def test_a_bad_verifier_changes_nothing_served_and_no_verifier_means_rerank_is_a_422(
-        reranking, serve_port, sft_result, base_checkpoint, tmp_path) -> None:
+def test_a_solver_without_a_verifier_answers_rerank_with_422_and_majority_as_before(reranking, sft_result) -> None:
+    """The solver's ingress as `build_app` makes it without `serving.verifier`, beside the app under test on the
+    same Sampler replicas (a second app costs one ingress replica, not a redeploy of the models)."""
     config, url = reranking
-    t5 = _not_a_causal_lm(base_checkpoint, tmp_path / "t5")
-    bad = ServingConfig.from_dict({**config.model_dump(mode="json"), "verifier": {"path": str(t5)}},
-                                  check_files=False)  # as read back on another machine: checked at deploy
-    with pytest.raises(CheckpointError, match=r"is not a causal LM \(model_type 't5'\)$"):
-        deploy_pool("solver", bad, "rr-2", str(sft_result.checkpoint))
-    assert pool_status("solver")["version"] == "rr-1" and pool_status("verifier")["version"] == "judge-1"
-    r = httpx.post(f"{url}/v1/solve", json={"question": QUESTION, "strategy": "rerank", "n": 2}, timeout=120)
-    assert r.status_code == 200 and r.json()["verifier_version"] == "judge-1"
-
-    deploy_pool("solver", ServingConfig(port=serve_port, max_new_tokens=48), "rr-plain",
-                str(sft_result.checkpoint))
-    r = httpx.post(f"{url}/v1/solve", json={"question": QUESTION, "strategy": "rerank", "n": 4}, timeout=30)
-    assert r.status_code == 422 and r.json()["error"] == {
-        "message": "strategy rerank needs a verifier, and this solver has none deployed (serving.verifier)",
-        "type": "invalid_request_error"}
-    r = httpx.post(f"{url}/v1/solve", json={"question": QUESTION, "strategy": "majority", "n": 2}, timeout=120)
-    assert r.status_code == 200 and r.json()["model_version"] == "rr-plain"
-    assert "Verifier" not in serve.status().applications["solver"].deployments
+    plain = ServingConfig(port=config.port, max_new_tokens=48)
+    sampler = serve.get_deployment_handle("Sampler", app_name="solver")
+    serve.run(SolverAPI.options(ray_actor_options={"num_cpus": 0}).bind(
+        sampler, plain.model_dump(mode="json", exclude={"rollout", "solver"})), name="plain", route_prefix="/plain")
+    try:
+        r = httpx.post(f"{url}/plain/v1/solve", json={"question": QUESTION, "strategy": "rerank", "n": 4}, timeout=30)
+        assert r.status_code == 422 and r.json()["error"] == {
+            "message": "strategy rerank needs a verifier, and this solver has none deployed (serving.verifier)",
+            "type": "invalid_request_error"}
+        r = httpx.post(f"{url}/plain/v1/solve", json={"question": QUESTION, "strategy": "majority", "n": 2},
+                       timeout=120)
+        assert r.status_code == 200 and r.json()["model_version"] == "rr-1" and "rule" not in r.json()
+    finally:
+        serve.delete("plain")
