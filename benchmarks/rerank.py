@@ -84,6 +84,11 @@ class Seed:
         self.task = self._task()
         self.generator = self.state.get("generator") or generator or self._generator_from_experiment()
 
+    def reload(self) -> "Seed":
+        """The state as on disk now (another process may have finished a phase)."""
+        self.state = json.loads(self.state_path.read_text())
+        return self
+
     def save(self, phase: str | None = None) -> None:
         """Write the state, merged into what is on disk: phases of one seed may run in two processes at once
         (sampling the test questions while the verifier waits for the lock)."""
@@ -220,7 +225,10 @@ def train_samples_phase(seed: Seed) -> dict[str, Any]:
 
 
 def verifier_phase(seed: Seed) -> dict[str, Any]:
-    """Balanced evaluator examples, the verifier trained under Ray Train, and its held-out AUC."""
+    """Balanced evaluator examples and the verifier trained on them: under Ray Train (`train_verifier`, ZeRO-2)
+    or, with `--verifier-trainer in-process`, the same TRL trainer in this process without Ray or DeepSpeed
+    (`build_trainer(ray_train=False)`, as the training benchmark's baseline runs it) for a machine too loaded
+    to start Ray."""
     from trainers.training.config import VerifierStageConfig
     from trainers.training.ray_train import train_verifier
 
@@ -231,20 +239,44 @@ def verifier_phase(seed: Seed) -> dict[str, Any]:
     started = time.perf_counter()
     data = write_verifier_data([samples["train_path"]], seed.root / "verifier-data.jsonl",
                                max_per_label=args.verifier_max_per_label)
+    in_process = args.verifier_trainer == "in-process"
     config = VerifierStageConfig(
         model_path=seed.check_generator(), data_path=data["path"], output_dir=str(seed.root / "verifier"),
-        run_name=f"rerank-verifier-seed{seed.seed}", num_workers=args.verifier_workers, zero_stage=2,
-        max_steps=args.verifier_steps, learning_rate=args.verifier_lr,
+        run_name=f"rerank-verifier-seed{seed.seed}", num_workers=args.verifier_workers,
+        zero_stage=0 if in_process else 2, max_steps=args.verifier_steps, learning_rate=args.verifier_lr,
         per_device_train_batch_size=args.verifier_batch // args.verifier_workers,
         save_steps=args.verifier_steps, logging_steps=max(1, args.verifier_steps // 6), seed=seed.seed)
-    with local_ray():
-        result = train_verifier(config)
-    m = result.metrics
+    if in_process:
+        checkpoint, history = train_in_process(config)
+    else:
+        with local_ray():
+            result = train_verifier(config)
+        checkpoint, history = result.checkpoint, result.metrics["log_history"]
+    losses = [round(h["loss"], 4) for h in history if "loss" in h]
     return seed.finish("verifier", {
-        "checkpoint": str(result.checkpoint), "data": data, "steps": m["global_step"],
-        "workers": args.verifier_workers, "global_batch": args.verifier_batch, "learning_rate": args.verifier_lr,
-        "first_loss": m["first_loss"], "final_loss": m["final_loss"],
-        "losses": [round(h["loss"], 4) for h in m["log_history"] if "loss" in h]}, time.perf_counter() - started)
+        "checkpoint": str(checkpoint), "trainer": args.verifier_trainer, "data": data,
+        "steps": config.max_steps, "workers": 1 if in_process else args.verifier_workers,
+        "global_batch": args.verifier_batch, "learning_rate": args.verifier_lr, "losses": losses},
+        time.perf_counter() - started)
+
+
+def train_in_process(config: Any) -> tuple[Path, list[dict[str, Any]]]:
+    """The verifier stage's TRL trainer in this process (one thread, no Ray, no DeepSpeed); its final model
+    saved at `config.output_dir`. Returns the folder and the trainer's log history."""
+    import shutil
+
+    import torch
+
+    from trainers.training.ray_train import build_trainer
+
+    torch.set_num_threads(1)
+    trainer = build_trainer("verifier", config.checked(), ray_train=False)
+    trainer.train()
+    out = Path(config.output_dir)
+    trainer.save_model(str(out))
+    trainer.processing_class.save_pretrained(out)
+    shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
+    return out, trainer.state.log_history
 
 
 def heldout_auc(seed: Seed) -> None:
@@ -295,39 +327,47 @@ def sample_phase(seed: Seed) -> dict[str, Any]:
 def score_phase(seed: Seed) -> dict[str, Any]:
     """Every test sample scored by the verifier and each question's samples re-ranked, with the functions
     `dpost eval --rerank` uses after decoding (`local_scorer`, `trainers.core.rerank.rerank_correct`, the
-    data's answer checker); `<seed>/scores.json` is saved after every chunk and a re-run resumes it."""
+    data's answer checker); `<seed>/scores.json` is saved after every chunk and a re-run resumes it. It may
+    start while the sample phase still runs: it scores the questions sampled so far and waits for more."""
     args = seed.args
     if done := seed.done("score"):
         return done
-    verifier, sampled = seed.require("verifier"), seed.require("sample")
+    verifier = seed.require("verifier")
     heldout_auc(seed)
     started = time.perf_counter()
-    [run] = json.loads(Path(sampled["eval_json"]).read_text())["runs"].values()
-    n = run["config"]["n"]
-    top_k = EvalConfig(n=n, verifier=verifier["checkpoint"], rerank_top_k=args.top_k).top_k
-    checker = answer_checker(run["data"]["answer_format"])
+    eval_json = seed.root / "eval-generator" / "eval.json"
     path = seed.root / "scores.json"
-    doc = (json.loads(path.read_text()) if path.exists()
-           else {"verifier": verifier["checkpoint"], "top_k": top_k, "score_seconds": 0.0, "items": {}})
-    if (doc["verifier"], doc["top_k"]) != (verifier["checkpoint"], top_k):
-        raise SystemExit(f"{path} was made with another verifier or top-K; delete it to start over")
     score = local_scorer(verifier["checkpoint"], args.score_batch)
-    todo = [it for it in run["items"] if it["question_id"] not in doc["items"]]
-    for begin in range(0, len(todo), args.chunk_items):
-        chunk = todo[begin:begin + args.chunk_items]
-        timer = time.perf_counter()
-        scores = score([it["question"] for it in chunk for _ in it["samples"]],
-                       [s["completion"] for it in chunk for s in it["samples"]])
-        doc["score_seconds"] = round(doc["score_seconds"] + time.perf_counter() - timer, 1)
-        for i, it in enumerate(chunk):
-            mine = scores[i * n:(i + 1) * n]
-            correct = rerank_correct(it["sampled_answers"], mine, it["gold"], top_k, checker)
-            if correct["maj"] != it["majority_correct"]:  # the same clustering and vote as the eval's
-                raise RuntimeError(f"question {it['question_id']}: maj differs from the eval's majority")
-            doc["items"][it["question_id"]] = {"verifier_scores": [round(x, 6) for x in mine],
-                                               "reranked_correct": correct}
-        atomic_write_text(path, json.dumps(doc))
-        print(f"[rerank] seed {seed.seed}: scored {len(doc['items'])}/{len(run['items'])} questions", flush=True)
+    while True:
+        sampled = seed.reload().done("sample")  # read before the items: complete if it says so
+        [run] = json.loads(eval_json.read_text())["runs"].values()
+        n = run["config"]["n"]
+        top_k = EvalConfig(n=n, verifier=verifier["checkpoint"], rerank_top_k=args.top_k).top_k
+        checker = answer_checker(run["data"]["answer_format"])
+        doc = (json.loads(path.read_text()) if path.exists()
+               else {"verifier": verifier["checkpoint"], "top_k": top_k, "score_seconds": 0.0, "items": {}})
+        if (doc["verifier"], doc["top_k"]) != (verifier["checkpoint"], top_k):
+            raise SystemExit(f"{path} was made with another verifier or top-K; delete it to start over")
+        todo = [it for it in run["items"] if it["question_id"] not in doc["items"]]
+        for begin in range(0, len(todo), args.chunk_items):
+            chunk = todo[begin:begin + args.chunk_items]
+            timer = time.perf_counter()
+            scores = score([it["question"] for it in chunk for _ in it["samples"]],
+                           [s["completion"] for it in chunk for s in it["samples"]])
+            doc["score_seconds"] = round(doc["score_seconds"] + time.perf_counter() - timer, 1)
+            for i, it in enumerate(chunk):
+                mine = scores[i * n:(i + 1) * n]
+                correct = rerank_correct(it["sampled_answers"], mine, it["gold"], top_k, checker)
+                if correct["maj"] != it["majority_correct"]:  # the same clustering and vote as the eval's
+                    raise RuntimeError(f"question {it['question_id']}: maj differs from the eval's majority")
+                doc["items"][it["question_id"]] = {"verifier_scores": [round(x, 6) for x in mine],
+                                                   "reranked_correct": correct}
+            atomic_write_text(path, json.dumps(doc))
+            print(f"[rerank] seed {seed.seed}: scored {len(doc['items'])} questions "
+                  f"({len(run['items'])} sampled so far)", flush=True)
+        if sampled:
+            break
+        time.sleep(60)
     return seed.finish("score", {"scores_json": str(path), "top_k": top_k, "score_seconds": doc["score_seconds"]},
                        time.perf_counter() - started)
 
@@ -436,25 +476,37 @@ def _train_samples_n(seed: Seed) -> int:
 
 
 def aggregate(args: argparse.Namespace, seeds: list[Seed]) -> dict[str, Any]:
-    finished = [s for s in seeds if s.done("score")]
+    """The table and the JSON over the seeds whose score phase is done; with `--partial`, over every seed with
+    scored questions, each cut to the first m test questions all of them have scored (said in the JSON)."""
+    finished = [s for s in seeds if s.done("score") or (args.partial and (s.root / "scores.json").exists())]
     if not finished:
         raise SystemExit("no seed has finished its score phase yet")
+    runs, scored = {}, {}
+    for s in finished:
+        [runs[s.seed]] = json.loads((s.root / "eval-generator" / "eval.json").read_text())["runs"].values()
+        scored[s.seed] = json.loads((s.root / "scores.json").read_text())
+    complete = all(s.done("score") for s in finished)
+    common = min(sum(it["question_id"] in scored[k]["items"] for it in run["items"]) for k, run in runs.items())
     vectors, per_seed, settings = {}, {}, set()
     for s in finished:
-        [run] = json.loads(Path(s.done("sample")["eval_json"]).read_text())["runs"].values()
-        scores = json.loads(Path(s.done("score")["scores_json"]).read_text())
+        run, scores = runs[s.seed], scored[s.seed]
+        items = run["items"][:common]  # scoring follows the test file's order: the first m are the scored ones
         config = run["config"]
-        settings.add((config["n"], scores["top_k"], len(run["items"]), config["temperature"],
+        settings.add((config["n"], scores["top_k"], len(items), config["temperature"],
                       config["max_new_tokens"], config["calculator"]))
-        vectors[s.seed] = per_question(run["items"], scores["items"])
-        check_against_eval(vectors[s.seed], run["metrics"], config["n"])
-        test_auc = auc([x for it in run["items"] for x in scores["items"][it["question_id"]]["verifier_scores"]],
-                       [bool(r["correct"]) for it in run["items"] for r in it["samples"]])
+        vectors[s.seed] = per_question(items, scores["items"])
+        if complete:
+            check_against_eval(vectors[s.seed], run["metrics"], config["n"])
+        test_auc = auc([x for it in items for x in scores["items"][it["question_id"]]["verifier_scores"]],
+                       [bool(r["correct"]) for it in items for r in it["samples"]])
         per_seed[str(s.seed)] = {
             "generator": s.state["generator"], "train_samples": {**s.done("train-samples"),
                                                                  "samples_per_question": _train_samples_n(s)},
-            "verifier": s.done("verifier"), "test_auc": round(test_auc, 4), "eval_metrics": run["metrics"],
-            "sample": {k: v for k, v in s.done("sample").items() if k != "metrics"}, "score": s.done("score"),
+            "verifier": s.done("verifier"), "test_auc": round(test_auc, 4),
+            "eval_metrics": run["metrics"] if complete else None,
+            "sample": s.done("sample") and {k: v for k, v in s.done("sample").items() if k != "metrics"},
+            "score": s.done("score"), "questions_sampled": len(run["items"]),
+            "questions_scored": len(scores["items"]), "score_seconds": scores["score_seconds"],
             "warmup": s.done("warmup")}
     if len(settings) != 1:
         raise SystemExit(f"the finished seeds were evaluated with different settings: {sorted(settings)}")
@@ -472,7 +524,8 @@ def aggregate(args: argparse.Namespace, seeds: list[Seed]) -> dict[str, Any]:
         paired.append(ci(f"{name} - maj", diffs))
     doc = {
         "benchmark": "rerank", "config": args.config,
-        "seeds": ordered, "seeds_requested": args.seeds, "test_questions": questions, "n": n, "top_k": top_k,
+        "complete": complete, "seeds": ordered, "seeds_requested": args.seeds, "test_questions": questions,
+        "test_questions_requested": args.test_questions, "n": n, "top_k": top_k,
         "temperature": temperature, "max_new_tokens": max_new_tokens, "calculator": calculator,
         "units": "percent of test questions; 95% percentile bootstrap over seeds and questions "
                  f"({BOOTSTRAP_SAMPLES} replicates, cluster.aggregate.interval)",
@@ -578,6 +631,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--verifier-workers", type=int, default=1,
                         help="Ray Train workers; on a busy 2-core machine a second worker adds start-up, not speed")
     parser.add_argument("--verifier-batch", type=int, default=32, help="global batch of the verifier task")
+    parser.add_argument("--verifier-trainer", choices=("ray", "in-process"), default="ray",
+                        help="train the verifier under Ray Train (default) or in this process without Ray")
     parser.add_argument("--verifier-max-per-label", type=int, default=None,
                         help="most right (and wrong) examples per question (default: all unique ones)")
     parser.add_argument("--mt-n", type=int, default=0, help="samples per test question for the multi-task "
@@ -588,6 +643,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--decode-batch", type=int, default=64, help="rows decoded together")
     parser.add_argument("--score-batch", type=int, default=64, help="candidates scored together")
     parser.add_argument("--progress", action="store_true", help="show progress bars")
+    parser.add_argument("--partial", action="store_true",
+                        help="aggregate: also seeds still being sampled or scored, on the questions all have scored")
     args = parser.parse_args(argv)
     if args.generator and len(args.generator) != len(args.seeds):
         parser.error(f"--generator needs one path per seed ({len(args.seeds)}), got {len(args.generator)}")
