@@ -27,7 +27,8 @@ Stages:
   `services.pools.swap` is timed from the moment the folder is complete until every replica serves the new
   version. Bytes moved = folder bytes x replicas (each replica reads the whole folder).
 - `sampling`: `decode_all` in this process (the engine every replica runs), greedy, `--max-new-tokens`, at
-  batch 1, 8 and 32 with and without the calculator; max(8, 2 x batch) prompts per cell. Random weights
+  batch 1, 8 and 32 with and without the calculator; max(4, batch) prompts per cell; tokens/s and tokens
+  per CPU second of the process (steadier on a shared machine). Random weights
   rarely write `<<expr=`, so the calculator column measures its per-token checks.
 - `eval`: `trainers.evaluation.evaluate_problems` (greedy pass@1) on `--eval-problems` test questions with a
   local decoder (batch 32).
@@ -243,17 +244,20 @@ def stage_sampling(args: Any) -> dict[str, Any]:
     decode_all(model, tokenizer, [DecodeRequest(prompt="warm-up", max_new_tokens=4)] * 2, 2)
     cells = []
     for batch in [int(b) for b in args.sampling_batches.split(",")]:
-        chosen = problems[:max(8, 2 * batch)]
+        chosen = problems[:max(4, batch)]
         for calc in (False, True):
             requests = make_requests(chosen, DecodeParams(max_new_tokens=args.max_new_tokens, calculator=calc))
+            cpu_start = time.process_time()
             with Stopwatch() as sw:
                 decoded = decode_all(model, tokenizer, requests, batch_size=batch)
+            cpu_s = time.process_time() - cpu_start
             tokens = sum(d.num_tokens for d in decoded)
             cells.append({"batch": batch, "calculator": calc, "rows": len(chosen), "tokens": tokens,
                           "seconds": round(sw.seconds, 2), "tokens_per_s": round(tokens / sw.seconds, 1),
+                          "tokens_per_cpu_s": round(tokens / cpu_s, 1),
                           "overrides": sum(len(d.calculator_overrides) for d in decoded)})
-            print(f"[scale] sampling batch {batch} calculator {calc}: {cells[-1]['tokens_per_s']} tokens/s",
-                  flush=True)
+            print(f"[scale] sampling batch {batch} calculator {calc}: {cells[-1]['tokens_per_s']} tokens/s, "
+                  f"{cells[-1]['tokens_per_cpu_s']} per CPU second", flush=True)
     return {"stage": "sampling", "load_s": round(load.seconds, 2), "cells": cells}
 
 
@@ -315,7 +319,8 @@ def merge(path: Path, measured: dict[str, dict[str, Any]], machine: dict[str, An
             for cell in result["cells"]:
                 stage = f"sampling b{cell['batch']} calc {'on' if cell['calculator'] else 'off'}"
                 by_stage[stage] = {"stage": stage, "seconds": cell["seconds"], "peak_rss_mib": result["peak_rss_mib"],
-                                   "tokens_per_s": cell["tokens_per_s"], "tokens": cell["tokens"]}
+                                   "tokens_per_s": cell["tokens_per_s"], "tokens": cell["tokens"],
+                                   "tokens_per_cpu_s": cell["tokens_per_cpu_s"]}
         else:
             by_stage[name] = {k: v for k, v in result.items() if not isinstance(v, (list, dict)) or k in
                               ("worker_peak_rss_mib",)}
@@ -325,7 +330,12 @@ def merge(path: Path, measured: dict[str, dict[str, Any]], machine: dict[str, An
             data["hot_swap_seconds"] = result["median_s"]
             data["hot_swap_bytes_moved"] = result["swaps"][0]["bytes_moved"] if result["swaps"] else None
     order = {name: i for i, name in enumerate(STAGES)}
-    data["stages"] = sorted(by_stage.values(), key=lambda s: (order.get(s["stage"].split(" ")[0], 99), s["stage"]))
+    def position(stage: str) -> tuple[int, int, str]:  # sampling rows by batch size, not as text
+        words = stage.split(" ")
+        batch = int(words[1][1:]) if words[0] == "sampling" else 0
+        return order.get(words[0], 99), batch, stage
+
+    data["stages"] = sorted(by_stage.values(), key=lambda s: position(s["stage"]))
     data["details"] = details
     data["preset"] = PRESET
     data["machine"] = machine
@@ -339,21 +349,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     phases = PhaseTimer()
-    measured: dict[str, dict[str, Any]] = {}
     in_process: dict[str, str] = {"build": "stage_build", "sampling": "stage_sampling", "eval": "stage_eval"}
     if not paths_of(work)["model"].is_dir() and "build" not in args.stages:
         args.stages.insert(0, "build")
     ray_started = False
     seen: set[int] = set()
+    path = results_path(NAME + ("-quick" if args.quick else ""), args.out)
+    data: dict[str, Any] = {}
     try:
         for stage in args.stages:
             with phases.phase(stage):
                 if stage in in_process:
-                    measured[stage] = {"stage": stage, **in_child(in_process[stage], args)}
+                    measured = {"stage": stage, **in_child(in_process[stage], args)}
                 elif stage == "hot-swap":
-                    measured[stage] = stage_hot_swap(args)
+                    measured = stage_hot_swap(args)
                 elif stage == "vs-vllm":
-                    measured[stage] = stage_vs_vllm(args)
+                    measured = stage_vs_vllm(args)
                 else:
                     if not ray_started:
                         import ray
@@ -365,15 +376,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                  configure_logging=False)
                         ray_started = True
                     kind, zero = stage.split("-z")
-                    measured[stage] = stage_train(kind, int(zero), args, seen)
+                    measured = stage_train(kind, int(zero), args, seen)
+            # written after every stage: a later stage that runs out of time loses only itself
+            data = merge(path, {stage: measured}, machine_info())
+            write_json(path, data)
     finally:
         if ray_started:
             import ray
 
             ray.shutdown()
-    path = results_path(NAME + ("-quick" if args.quick else ""), args.out)
-    data = merge(path, measured, machine_info())
-    write_json(path, data)
     print_table(f"{PRESET}: stages (this call and earlier ones in {path.name})",
                 ("stage", "seconds", "peak RSS MiB / process", "step s", "after last step s"),
                 [(s["stage"], s.get("seconds"), s.get("peak_rss_mib"), s.get("step_s"), s.get("after_last_step_s"))

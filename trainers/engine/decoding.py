@@ -29,6 +29,7 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from trainers.core.answers import final_answer_end
 from trainers.engine.calculator_forcing import plan_forcing
+from trainers.engine.cpu_linear import pack_linears
 from trainers.engine.kv_slots import SlotCache
 
 
@@ -150,6 +151,7 @@ class DecodeEngine:
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_batch: int = 32) -> None:
         self.model = model
+        pack_linears(model)  # float32 on the CPU: oneDNN's packed weights instead of MKL's sgemm
         self.tokenizer = tokenizer
         self.device = model.device  # inputs go where the weights are; bookkeeping stays on the CPU
         self.max_batch = max(1, int(max_batch))

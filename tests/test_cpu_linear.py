@@ -1,0 +1,48 @@
+"""Packed oneDNN linear weights for CPU decoding (trainers/engine/cpu_linear.py): same results as F.linear,
+never stale after the weights change, and out of the way of training."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from trainers.engine.cpu_linear import MIN_PACKED_WEIGHT, pack_linears
+
+
+def _model() -> nn.Sequential:
+    torch.manual_seed(0)
+    big = nn.Linear(512, 512)  # above MIN_PACKED_WEIGHT: packed
+    small = nn.Linear(512, 8, bias=False)  # below it: left alone
+    assert big.weight.numel() >= MIN_PACKED_WEIGHT > small.weight.numel()
+    return nn.Sequential(big, nn.ReLU(), small)
+
+
+def test_packed_layers_give_the_plain_layers_results_at_every_row_count():
+    plain, packed = _model(), _model()
+    assert pack_linears(packed) and pack_linears(packed)  # idempotent
+    assert "forward" in vars(packed[0]) and "forward" not in vars(packed[2])
+    with torch.inference_mode():
+        for shape in [(1, 512), (4, 512), (32, 1, 512), (3, 17, 512)]:
+            x = torch.randn(*shape)
+            torch.testing.assert_close(packed(x), plain(x), rtol=1e-4, atol=1e-4)
+
+
+def test_a_weight_changed_in_place_is_packed_again_and_training_still_gets_gradients():
+    model = _model()
+    pack_linears(model)
+    x = torch.randn(8, 512)
+    with torch.no_grad():
+        before = model(x)
+        model[0].weight.mul_(2.0)  # what an optimizer step does
+        after = model(x)
+        expected = model[2](torch.relu(nn.functional.linear(x, model[0].weight, model[0].bias)))
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, expected, rtol=1e-4, atol=1e-4)
+    model(x).sum().backward()
+    assert model[0].weight.grad is not None and model[0].weight.grad.abs().sum() > 0
+
+
+def test_a_model_off_float32_or_off_the_cpu_is_left_alone():
+    model = _model().to(torch.bfloat16)
+    assert not pack_linears(model)
+    assert "forward" not in vars(model[0])
