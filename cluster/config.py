@@ -24,13 +24,14 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
 
 from services.config import ServingConfig
 from trainers.core.dedup import DEDUP_METHODS
-from trainers.core.errors import ConfigError, config_error
+from trainers.core.errors import CheckpointError, ConfigError, config_error
 from trainers.data.synthetic import SyntheticTaskConfig
 from trainers.engine.decoding import MAX_NEW_TOKENS
+from trainers.models.checkpoints import validate_causal_lm
 from trainers.models.scratch import PRESETS
 from trainers.synthesis.config import SynthesisConfig
 from trainers.training.config import (PRESET_NAMES, STAGES, DPOArgs, Placement, SFTArgs, TrainStageConfig,
-                                      VerifierArgs, check_causal_lm)
+                                      VerifierArgs)
 
 Mode = Literal["dpo-st", "st", "rft"]
 ModelPreset = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
@@ -270,8 +271,8 @@ class VerifierSection(BaseModel):
             raise ValueError("training.max_steps: multitask and control compare by steps: set max_steps > 0")
         if self.model is not None and _checks_files(info):
             try:
-                check_causal_lm(str(Path(self.model).expanduser()))
-            except ConfigError as exc:
+                validate_causal_lm(str(Path(self.model).expanduser()))
+            except CheckpointError as exc:
                 raise ValueError(f"model: {exc}") from None
         return self
 
@@ -343,16 +344,18 @@ class RunConfig(BaseModel):
         return self.data.synthetic
 
     def stage_config(self, kind: str, **paths: Any) -> TrainStageConfig:
-        """The SFT or DPO stage config: the section's TRL fields <- placement <- paths (and any field a
-        caller sets for one stage, such as the synthesizer's max_steps)."""
-        stage = STAGES[kind]
-        values = {**getattr(self.training, kind).model_dump(exclude_unset=True),
+        """The SFT, DPO or verifier stage config: the section's TRL fields (`training.<kind>`, the verifier's
+        `verifier.training`) <- placement <- paths (and any field a caller sets for one stage, such as the
+        synthesizer's max_steps)."""
+        stage, section = STAGES[kind], "verifier.training" if kind == "verifier" else f"training.{kind}"
+        args = self.verifier.training if kind == "verifier" else getattr(self.training, kind)
+        values = {**args.model_dump(exclude_unset=True),
                   **self.training.model_dump(include=set(Placement.model_fields)),
                   "storage_path": self.storage.ray_storage or "", **paths}
         try:
             return stage.model_validate(values)
         except ValidationError as exc:
-            raise config_error(exc, stage, prefix=f"training.{kind}") from None
+            raise config_error(exc, stage, prefix=section) from None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values (the manifest's copy); `parse_config` of it gives this config again."""

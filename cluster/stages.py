@@ -25,7 +25,7 @@ from trainers.data.problems import load_problems, write_gsm8k_jsonl
 from trainers.engine.decoding import Decoded, DecodeRequest
 from trainers.engine.rows import DecodeParams, make_requests, to_records
 from trainers.evaluation import DecodeFn, EvalConfig, evaluate_problems
-from trainers.training.ray_train import StepProgress, train_dpo, train_sft
+from trainers.training.ray_train import StepProgress, train_dpo, train_sft, train_verifier
 
 ProgressFn = Callable[[str, int, int], None]
 
@@ -225,13 +225,15 @@ def sft_dataset(run: RunDir, labeled_path: str, pseudo_paths: list[str], out_nam
 def train(config: RunConfig, run: RunDir, kind: str, version: str, model_path: str, data_path: str,
           progress: StepProgress | None = None, **overrides: Any) -> dict[str, Any]:
     """Train `version` under Ray Train from `model_path` on `data_path` with the config's `kind` stage
-    settings (`overrides` replace some of them, e.g. the synthesizer's `max_steps`)."""
+    settings (sft, dpo, or verifier: `verifier.training`; `overrides` replace some of them, e.g. the
+    synthesizer's `max_steps`)."""
     stage_config = config.stage_config(kind, model_path=model_path, data_path=data_path,
                                        output_dir=str(run.checkpoint(version)),
                                        run_name=f"{config.name}-{version}", **overrides)
     if not stage_config.storage_path:
         stage_config.storage_path = str(run.root / "ray_train")
-    result = (train_sft if kind == "sft" else train_dpo)(stage_config, progress)  # type: ignore[arg-type]
+    fit = {"sft": train_sft, "dpo": train_dpo, "verifier": train_verifier}[kind]
+    result = fit(stage_config, progress)  # type: ignore[operator]
     m = result.metrics
     summary = {"global_step": m["global_step"], "first_loss": m["first_loss"], "final_loss": m["final_loss"],
                "resumed_from_step": m["resumed_from_step"], "rank0_node_id": m.get("node_id")}
@@ -274,20 +276,28 @@ def evaluate_version(config: RunConfig, run: RunDir, version: str, checkpoint: s
     return out
 
 
-def promote(config: RunConfig, run: RunDir, version: str, checkpoint: str, dev_accuracy: float
-            ) -> dict[str, Any]:
+def promote(config: RunConfig, run: RunDir, version: str, checkpoint: str, dev_accuracy: float,
+            metric: str = "dev_accuracy") -> dict[str, Any]:
     """The gate: `version` goes live on the solver only if its dev accuracy >= the live model's + margin.
     The live model is whatever the solver serves now, so after a rollback the gate compares against the
-    rolled-back version; if that version was never evaluated (nothing to compare), `version` goes live."""
+    rolled-back version; if that version was never evaluated (nothing to compare), `version` goes live.
+    `metric` names the recorded score compared instead (gate rerank: `dev_rerank_accuracy`); where either
+    model has none, greedy dev accuracy decides. The decision names the metric that decided."""
     margin = config.evaluation.promotion_margin
     with run.live_change():  # a rollback cannot land between reading the live model and replacing it
-        live = run.live()
-        live_accuracy = run.versions().get(live, {}).get("dev_accuracy") if live else None
-        promoted = live_accuracy is None or dev_accuracy >= live_accuracy + margin
+        live, versions = run.live(), run.versions()
+        mine, theirs = versions.get(version, {}), versions.get(live, {}) if live else {}
+        if mine.get(metric) is None or (live and theirs.get(metric) is None):
+            metric = "dev_accuracy"
+        value = dev_accuracy if metric == "dev_accuracy" else mine[metric]
+        promoted = theirs.get(metric) is None or value >= theirs[metric] + margin
         if promoted:
             swap("solver", model_version(config.name, version), checkpoint)
-        decision = {"version": version, "dev_accuracy": dev_accuracy, "live": live,
-                    "live_dev_accuracy": live_accuracy, "margin": margin, "promoted": promoted, "at": time.time()}
+        decision = {"version": version, "metric": metric, "dev_accuracy": dev_accuracy, "live": live,
+                    "live_dev_accuracy": theirs.get("dev_accuracy"), "margin": margin, "promoted": promoted,
+                    "at": time.time()}
+        if metric != "dev_accuracy":
+            decision.update({metric: value, f"live_{metric}": theirs.get(metric)})
         run.record_promotion(decision, live=version if promoted else None)
     return {"promoted": promoted, "live": version if promoted else live, "decision": json.dumps(decision)}
 

@@ -14,7 +14,9 @@ that model's training questions, and with `verifier.mode` multitask fine-tune th
     sft-t-verifier, re-rank (trainers/evaluation.py) and compare `rerank_strategy`'s dev accuracy with the live
     model's.
 
-Each step is a stage (`cluster.stages.stage`) whose outputs are files in the run directory. Scoring runs as one
+The training jobs of each mode are `training_plan`'s, a function of the config alone, which `verifier_step`
+follows. Each step is a stage (`cluster.stages.stage`) whose outputs are files in the run directory; training
+goes through `cluster.stages.train`, the gate through `cluster.stages.promote`. Scoring runs as one
 Ray task shaped like a training worker, which loads the verifier once and scores every pair in batches.
 A verifier that cannot be trained (no question with both a right and a wrong sample, a start folder that is
 not a causal LM) is skipped with the reason logged and kept in the stage's outputs; the run goes on (multitask:
@@ -23,8 +25,7 @@ sft-t is then sft-t-gen, recorded again; gate rerank: that step's decision falls
 
 from __future__ import annotations
 
-import json
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,67 +34,76 @@ from cluster.config import RunConfig
 from cluster.progress import Progress
 from cluster.rundir import RunDir, read_jsonl, write_jsonl
 from cluster.stages import ProgressFn, model_version, stage
-from services.pools import swap
-from trainers.core.errors import ConfigError
+from trainers.core.errors import CheckpointError
 from trainers.core.metrics import auc
 from trainers.data.problems import load_problems, write_gsm8k_jsonl
 from trainers.data.verifier import verifier_examples
 from trainers.evaluation import EvalConfig, ScoreFn, evaluate_problems
-from trainers.training.config import Placement, VerifierStageConfig, check_causal_lm
-from trainers.training.ray_train import StepProgress, train_verifier
+from trainers.models.checkpoints import validate_causal_lm
+from trainers.training.ray_train import StepProgress
+
+
+@dataclass(frozen=True)
+class TrainingStep:
+    """One training job of an SFT step: the model `version` it makes, the stage settings it trains with
+    (`kind` sft: `training.sft`; verifier: `verifier.training`), the model it starts from (a version of this
+    step, `base` for f0, or `verifier.model`'s folder) and its data (`generation`: L + S; `evaluator`: E)."""
+
+    version: str
+    kind: str
+    start: str
+    data: str
+
+
+def training_plan(config: RunConfig, version: str) -> list[TrainingStep]:
+    """SFT step `version`'s training jobs in order (the table in the module docstring): the first is the
+    coordinator's SFT from f0, `verifier_step` runs the rest; the model named `version` is the one evaluated."""
+    v = config.verifier
+    generation = TrainingStep(version, "sft", "base", "generation")
+    if not v.enabled:
+        return [generation]
+    if v.mode == "separate":
+        start = v.model or {"sft": version, "base": "base"}[v.init]
+        return [generation, TrainingStep(f"{version}-verifier", "verifier", start, "evaluator")]
+    first = TrainingStep(f"{version}-gen", "sft", "base", "generation")
+    extra = (TrainingStep(f"{version}-verifier", "verifier", first.version, "evaluator") if v.mode == "multitask"
+             else TrainingStep(f"{version}-control", "verifier", first.version, "generation"))
+    return [first, extra, TrainingStep(version, "sft", extra.version, "generation")]
 
 
 def first_version(config: RunConfig, version: str) -> str:
     """The name SFT step `version` trains first: `version` itself, or `version-gen` when multi-task fine-tuning
     (or its control) trains on from it and the last model is `version`."""
-    return f"{version}-gen" if config.verifier.enabled and config.verifier.mode != "separate" else version
+    return training_plan(config, version)[0].version
 
 
 def verifier_step(config: RunConfig, run: RunDir, f0: str, labeled: str, pseudo: list[str], version: str,
                   model: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    """The stages after SFT step `version`'s first model `model` (see the module docstring); returns the
-    model `version` names: the one evaluated and gated."""
-    v, first = config.verifier, first_version(config, version)
-    if v.mode == "control":
-        dataset = _generation_data(run, labeled, pseudo, version, progress)
-        extra = stage(run, f"{version}-control", lambda: train_extra_steps(
-            config, run, f"{version}-control", first, model["checkpoint"], dataset["path"],
-            progress.for_workers(f"{version}-control")), progress)
-        return _generation_again(config, run, version, f"{version}-control", extra, dataset, progress)
-
-    samples = _training_samples(config, run, labeled, version, first, model, progress)
-    data = stage(run, f"{version}-verifier-data", lambda: verifier_data(
-        config, run, samples, f"{version}-verifier"), progress)
-    start, start_version = {"sft": (model["checkpoint"], first), "base": (f0, "base")}[v.init]
-    if v.mode == "separate" and v.model:
-        start, start_version = v.model, v.model
-    verifier = stage(run, f"{version}-verifier", lambda: train_evaluator(
-        config, run, f"{version}-verifier", start_version, start, data,
-        progress.for_workers(f"{version}-verifier")), progress)
-    if "skipped" in verifier:
-        progress.log(f"[{version}-verifier] skipped: {verifier['skipped']}")
-    if v.mode == "separate":
-        return model
-    if "skipped" in verifier:  # nothing was learnt between the two generation steps: sft-t is sft-t-gen
-        return stage(run, version, lambda: same_model(run, version, first, model["checkpoint"]), progress)
-    dataset = _generation_data(run, labeled, pseudo, version, progress)
-    return _generation_again(config, run, version, f"{version}-verifier", verifier, dataset, progress)
-
-
-def _generation_data(run: RunDir, labeled: str, pseudo: list[str], version: str, progress: Progress
-                     ) -> dict[str, Any]:
-    """L + S of SFT step `version`: the same stage the coordinator runs before training (a reused warm-up has
-    not run it yet)."""
-    return stage(run, f"{version}-data", lambda: stages.sft_dataset(run, labeled, list(pseudo), f"{version}-train"),
-                 progress)
-
-
-def _generation_again(config: RunConfig, run: RunDir, version: str, start_version: str, start: dict[str, Any],
-                      dataset: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    """The last generation SFT of multi-task fine-tuning (or its control): training.sft from `start`."""
-    return stage(run, version, lambda: {**stages.train(config, run, "sft", version, start["checkpoint"],
-                                                       dataset["path"], progress.for_workers(version)),
-                                        "from": start_version}, progress)
+    """The training jobs of `training_plan` after SFT step `version`'s first model `model`; returns the model
+    `version` names: the one evaluated and gated."""
+    plan = training_plan(config, version)
+    first = plan[0].version
+    trained = {"base": {"checkpoint": f0}, first: model}
+    for step in plan[1:]:
+        start = trained[step.start]["checkpoint"] if step.start in trained else step.start  # verifier.model
+        if step.data == "evaluator":
+            samples = _training_samples(config, run, labeled, version, first, model, progress)
+            data = stage(run, f"{version}-verifier-data", lambda: verifier_data(
+                config, run, samples, f"{version}-verifier"), progress)
+            out = stage(run, step.version, lambda: train_evaluator(
+                config, run, step, start, data, progress.for_workers(step.version)), progress)
+            if "skipped" in out:
+                progress.log(f"[{step.version}] skipped: {out['skipped']}")
+                if step is not plan[-1]:  # nothing was learnt between the two generation steps: sft-t is sft-t-gen
+                    return stage(run, version, lambda: same_model(run, version, first, model["checkpoint"]),
+                                 progress)
+        else:
+            dataset = stage(run, f"{version}-data", lambda: stages.sft_dataset(  # L + S, as the coordinator's
+                run, labeled, list(pseudo), f"{version}-train"), progress)
+            out = stage(run, step.version, lambda: train_generation(
+                config, run, step, start, dataset["path"], progress.for_workers(step.version)), progress)
+        trained[step.version] = out
+    return trained[version]
 
 
 def same_model(run: RunDir, version: str, first: str, checkpoint: str) -> dict[str, Any]:
@@ -161,45 +171,36 @@ def held_out_questions(samples: list[dict[str, Any]], share: float) -> set[str]:
 
 # ------------------------------------------------------------------------------------------------ training
 
-def train_evaluator(config: RunConfig, run: RunDir, version: str, start_version: str, start: str,
-                    data: dict[str, Any], progress: StepProgress | None = None) -> dict[str, Any]:
+def train_evaluator(config: RunConfig, run: RunDir, step: TrainingStep, start: str, data: dict[str, Any],
+                    progress: StepProgress | None = None) -> dict[str, Any]:
     """The evaluator task from `start` on the examples `data` holds, then its AUC on the held-out samples;
     `skipped` with the reason when there are no examples or `start` is not a causal LM."""
     if "skipped" in data:
         return {"skipped": data["skipped"]}
     try:
-        check_causal_lm(start)
-    except ConfigError as exc:
+        validate_causal_lm(start)
+    except CheckpointError as exc:
         return {"skipped": f"cannot start the verifier from {start}: {exc}"}
-    checkpoint, summary = _train(config, run, version, start, data["path"], progress)
-    summary.update(holdout_auc(config, checkpoint, data["holdout_path"]), examples=data["examples"],
-                   **{"from": start_version})
-    run.add_version(version, Path(checkpoint), {"kind": "verifier", **summary})
-    return {"checkpoint": checkpoint, **summary}
+    out = stages.train(config, run, step.kind, step.version, start, data["path"], progress)
+    out.update(holdout_auc(config, out["checkpoint"], data["holdout_path"]), examples=data["examples"])
+    return _recorded(run, step, data["path"], "verifier", out)
 
 
-def train_extra_steps(config: RunConfig, run: RunDir, version: str, start_version: str, start: str,
-                      data_path: str, progress: StepProgress | None = None) -> dict[str, Any]:
-    """The control's extra generation SFT: the evaluator's TRL fields (its steps, rate, batch) on L + S."""
-    checkpoint, summary = _train(config, run, version, start, data_path, progress)
-    summary["from"] = start_version
-    run.add_version(version, Path(checkpoint), {"kind": "sft", "fields": "verifier.training", **summary})
-    return {"checkpoint": checkpoint, **summary}
+def train_generation(config: RunConfig, run: RunDir, step: TrainingStep, start: str, data_path: str,
+                     progress: StepProgress | None = None) -> dict[str, Any]:
+    """Generation SFT from `start` on L + S with `step.kind`'s settings: `training.sft`, or the evaluator's
+    `verifier.training` (the control's extra steps, so they are as many as the evaluator's)."""
+    out = stages.train(config, run, step.kind, step.version, start, data_path, progress)
+    out["fields"] = "verifier.training" if step.kind == "verifier" else "training.sft"
+    return _recorded(run, step, data_path, "sft", out)
 
 
-def _train(config: RunConfig, run: RunDir, version: str, start: str, data_path: str,
-           progress: StepProgress | None) -> tuple[str, dict[str, Any]]:
-    """`verifier.training`'s fields with the training placement under Ray Train (prompt/completion data)."""
-    values = {**config.verifier.training.model_dump(exclude_unset=True),
-              **config.training.model_dump(include=set(Placement.model_fields)),
-              "storage_path": config.storage.ray_storage or str(run.root / "ray_train"), "model_path": start,
-              "data_path": data_path, "output_dir": str(run.checkpoint(version)),
-              "run_name": f"{config.name}-{version}"}
-    result = train_verifier(VerifierStageConfig.model_validate(values), progress)
-    m = result.metrics
-    return str(result.checkpoint), {"global_step": m["global_step"], "first_loss": m["first_loss"],
-                                    "final_loss": m["final_loss"], "resumed_from_step": m["resumed_from_step"],
-                                    "data_path": data_path}
+def _recorded(run: RunDir, step: TrainingStep, data_path: str, kind: str, out: dict[str, Any]) -> dict[str, Any]:
+    """`out` with where the step started and what it read, recorded as the version's entry under `kind`."""
+    out = {**out, "from": step.start, "data_path": data_path}
+    run.add_version(step.version, Path(out["checkpoint"]),
+                    {"kind": kind, **{k: v for k, v in out.items() if k != "checkpoint"}})
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ scoring
@@ -240,13 +241,14 @@ def holdout_auc(config: RunConfig, checkpoint: str, holdout_path: str) -> dict[s
 
 def promote_reranked(config: RunConfig, run: RunDir, version: str, model: dict[str, Any],
                      scores: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    """`evaluation.gate: rerank`: re-ranked dev accuracy with `version`'s verifier, then the gate on it."""
+    """`evaluation.gate: rerank`: re-ranked dev accuracy with `version`'s verifier, then the gate on it
+    (greedy dev accuracy decides where either model has none: its verifier stage was skipped)."""
     verifier = run.outputs(f"{version}-verifier").get("checkpoint") if run.is_done(f"{version}-verifier") else None
     if verifier:
         stage(run, f"eval-{version}-rerank", lambda: evaluate_reranked(
             config, run, version, model["checkpoint"], verifier, run.outputs("data"), progress.update), progress)
-    return stage(run, f"promote-{version}", lambda: gate_reranked(
-        config, run, version, model["checkpoint"], scores["dev_accuracy"]), progress)
+    return stage(run, f"promote-{version}", lambda: stages.promote(
+        config, run, version, model["checkpoint"], scores["dev_accuracy"], metric="dev_rerank_accuracy"), progress)
 
 
 def evaluate_reranked(config: RunConfig, run: RunDir, version: str, checkpoint: str, verifier: str,
@@ -273,27 +275,3 @@ def evaluate_reranked(config: RunConfig, run: RunDir, version: str, checkpoint: 
     run.record_scores(version, checkpoint, out)  # type: ignore[arg-type]
     return {**out, "strategy": ev.rerank_strategy, "n": n, "top_k": metrics["rerank_top_k"],
             "verifier": verifier, "path": str(write_jsonl(run.data / f"{name}.jsonl", items))}
-
-
-def gate_reranked(config: RunConfig, run: RunDir, version: str, checkpoint: str, dev_accuracy: float
-                  ) -> dict[str, Any]:
-    """`version` goes live if its re-ranked dev accuracy >= the live model's + margin. Where either has none
-    (its verifier stage was skipped) the greedy dev accuracies decide; the decision says which did."""
-    margin = config.evaluation.promotion_margin
-    with run.live_change():  # a rollback cannot land between reading the live model and replacing it
-        live, versions = run.live(), run.versions()
-        mine = versions[version].get("dev_rerank_accuracy")
-        theirs = versions.get(live, {}).get("dev_rerank_accuracy") if live else None
-        key = "dev_rerank_accuracy" if mine is not None and (live is None or theirs is not None) else "dev_accuracy"
-        value, live_value = versions[version].get(key, dev_accuracy), versions.get(live, {}).get(key) if live else None
-        promoted = live_value is None or value >= live_value + margin
-        if promoted:
-            swap("solver", model_version(config.name, version), checkpoint)
-        decision = {"version": version, "gate": "rerank" if key == "dev_rerank_accuracy" else "greedy",
-                    "strategy": config.evaluation.rerank_strategy, "n": config.evaluation.rerank_n,
-                    "dev_rerank_accuracy": mine, "dev_accuracy": dev_accuracy, "live": live,
-                    "live_dev_rerank_accuracy": theirs,
-                    "live_dev_accuracy": versions.get(live, {}).get("dev_accuracy") if live else None,
-                    "margin": margin, "promoted": promoted, "at": time.time()}
-        run.record_promotion(decision, live=version if promoted else None)
-    return {"promoted": promoted, "live": version if promoted else live, "decision": json.dumps(decision)}

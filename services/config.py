@@ -3,7 +3,6 @@ and the HTTP API's limits (the run config's `serving` section, and `args.serving
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -15,7 +14,7 @@ from trainers.core.answers import ANSWER_FORMATS
 from trainers.core.errors import CheckpointError, ConfigError, config_error
 from trainers.core.rerank import STRATEGIES
 from trainers.engine.decoding import MAX_NEW_TOKENS
-from trainers.models.checkpoints import validate_checkpoint
+from trainers.models.checkpoints import validate_causal_lm
 
 POOLS = ("rollout", "solver")  # the Serve apps; the verifier pool, when configured, lives in the solver app
 VERIFIER = "verifier"
@@ -96,18 +95,6 @@ class PoolConfig(BaseModel):
         if self.max_replicas_per_node:
             opts["max_replicas_per_node"] = self.max_replicas_per_node
         return opts
-
-
-def validate_causal_lm(path: str | os.PathLike[str]) -> Path:
-    """`validate_checkpoint`, and its config names a causal LM (what `load_policy` loads): a folder of
-    another kind fails here, in one line, before any replica tries it. CheckpointError otherwise."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    folder = validate_checkpoint(path)
-    model_type = json.loads((folder / "config.json").read_text()).get("model_type")
-    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        raise CheckpointError(f"checkpoint {folder} is not a causal LM (model_type {model_type!r})")
-    return folder
 
 
 def _checks_files(info: ValidationInfo) -> bool:

@@ -44,6 +44,29 @@ def validate_checkpoint(path: str | os.PathLike[str]) -> Path:
     return folder
 
 
+def validate_causal_lm(path: str | os.PathLike[str]) -> Path | str:
+    """`validate_checkpoint` (for a cached hub id: its config is found), and the config names a causal LM: what
+    `load_policy` loads and what a verifier scores with (its next-token probabilities). A folder of another
+    kind fails here, in one line, before any replica or training worker loads weights. CheckpointError otherwise."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    if _is_hub_id(path):
+        from transformers import AutoConfig
+
+        try:
+            model_type = AutoConfig.from_pretrained(str(path), local_files_only=True).model_type
+        except Exception as exc:  # not in the cache, or an unknown model type
+            raise CheckpointError(f"checkpoint {path} is neither a folder nor a cached hub model "
+                                  f"({str(exc).strip().splitlines()[0]})") from None
+        folder: Path | str = str(path)
+    else:
+        folder = validate_checkpoint(path)
+        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise CheckpointError(f"checkpoint {folder} is not a causal LM (model_type {model_type!r})")
+    return folder
+
+
 def load_policy(path: str | os.PathLike[str], device: str = "cpu"):
     """Load (model, tokenizer) for decoding. Any load failure becomes a CheckpointError, so a bad folder
     offered for a hot swap is refused with a message instead of crashing a replica."""

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from trl import DPOConfig, SFTConfig
 
 from trainers.core.errors import ConfigError, config_error
+from trainers.models.checkpoints import validate_causal_lm
 
 DPOST_OWNED = ("output_dir", "run_name", "deepspeed", "use_cpu")
 
@@ -223,28 +224,13 @@ class VerifierStageConfig(TrainStageConfig, VerifierArgs):  # type: ignore[misc,
     def checked(self) -> "TrainStageConfig":
         """Also: `model_path` must be a causal LM, whose next-token probabilities are the verifier's score."""
         config = super().checked()
-        check_causal_lm(config.model_path)
+        validate_causal_lm(config.model_path)
         return config
 
 
 STAGES: dict[str, type[TrainStageConfig]] = {"sft": SFTStageConfig, "dpo": DPOStageConfig,
                                              "verifier": VerifierStageConfig}
 PRESET_NAMES = tuple(SFTArgs.PRESETS)
-
-
-def check_causal_lm(path: str) -> None:
-    """A one-line ConfigError unless `path` (a folder or cached hub id) holds a model transformers loads as a
-    causal LM: read from its config.json alone, before any worker loads weights."""
-    from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    try:
-        model_config = AutoConfig.from_pretrained(path)
-    except Exception as exc:  # a missing folder, no config.json, bad JSON, an unknown model type
-        raise ConfigError(f"{path}: not a model checkpoint ({str(exc).strip().splitlines()[0]})") from None
-    if model_config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-        raise ConfigError(f"{path}: a {model_config.model_type!r} model is not a causal LM (a verifier scores the "
-                          "next tokens after its prompt)")
 
 
 def deepspeed_config(zero_stage: int, use_gpu: bool) -> dict[str, Any]:
