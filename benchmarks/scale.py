@@ -18,9 +18,10 @@ Stages:
 - `sft-z2`, `sft-z3`, `dpo-z2`, `dpo-z3`: `trainers.training.ray_train.train_sft` / `train_dpo` on 2 Ray
   Train workers under DeepSpeed ZeRO-2 / ZeRO-3 (gloo, fp32, one thread each), `--train-steps` steps of
   `--train-batch` rows per worker. `seconds` = the whole call; `step_s` = median time between rank 0's step
-  lines; `after_last_step_s` = last step line to the call's return: the final `save_model` (ZeRO-3 gathers
-  the shards), Ray Train's checkpoint report and copy, worker teardown; peak RSS per worker (VmHWM, polled
-  from outside). DPO pairs: the gold rationale (chosen) against the same rationale with a wrong final answer
+  lines when a progress reporter prints them, else HF's `train_runtime` / steps (the first step included);
+  `outside_train_loop_s` = the call minus `train_runtime`: worker start, model and data loading, DeepSpeed
+  init, the final `save_model` (ZeRO-3 gathers the shards), Ray Train's checkpoint report and copy;
+  `checkpoint_bytes` = the final folder; peak RSS per worker (VmHWM, polled from outside). DPO pairs: the gold rationale (chosen) against the same rationale with a wrong final answer
   (rejected): the model learns nothing useful from them, the cost per step is real.
 - `hot-swap`: Ray Serve's rollout pool of `--replicas` replicas on the model, then `--swaps` times: a new
   checkpoint folder is written (a copy of the model, as a training stage leaves one), and
@@ -179,9 +180,12 @@ def stage_train(kind: str, zero: int, args: Any, seen: set[int]) -> dict[str, An
     gaps = [b[1] - a[1] for a, b in zip(steps, steps[1:])]
     end = sw.start + sw.seconds
     peaks = ray_run["worker_peak_rss_mib"]
+    runtime = next((h["train_runtime"] for h in ray_run["log_history"] if "train_runtime" in h), None)
+    step_s = sorted(gaps)[len(gaps) // 2] if gaps else (runtime / ray_run["global_step"] if runtime else None)
     return {"stage": run, "seconds": round(sw.seconds, 2), "peak_rss_mib": max(peaks.values(), default=None),
             "worker_peak_rss_mib": peaks, "steps": ray_run["global_step"],
-            "step_s": round(sorted(gaps)[len(gaps) // 2], 2) if gaps else None,
+            "step_s": round(step_s, 2) if step_s else None, "train_runtime_s": runtime,
+            "outside_train_loop_s": round(sw.seconds - runtime, 2) if runtime else None,
             "after_last_step_s": round(end - steps[-1][1], 2) if steps else None,
             "checkpoint_bytes": folder_bytes(work / run / "model"), "zero_stage": zero, "workers": 2,
             "per_worker_batch": args.train_batch}
