@@ -16,6 +16,7 @@ import httpx
 import pytest
 import yaml
 
+from cluster.aggregate import sampling_effect
 from cluster.config import load_config, parse_config
 from cluster.rundir import read_jsonl
 from tests.conftest import tiny_run_config
@@ -42,6 +43,12 @@ def _wait_for(manifest_path: Path, ready, what: str, timeout_s: float = 900) -> 
     raise TimeoutError(f"the coordinator never reached: {what}")
 
 
+def _with_dpo_effect(raw: dict) -> dict:
+    """Fig. 6's dev sampling on (2 samples per dev question from the models before and after the DPO step)."""
+    raw["evaluation"]["dpo_effect_samples"] = 2
+    return raw
+
+
 @pytest.fixture(scope="module")
 def clean_run(ray_cluster, serve_port, tiny_warm_up, tmp_path_factory):
     """The reference: the same tiny run (same seed), never interrupted."""
@@ -49,7 +56,8 @@ def clean_run(ray_cluster, serve_port, tiny_warm_up, tmp_path_factory):
 
     from cluster.job import start_coordinator
 
-    config = parse_config(tiny_run_config(tmp_path_factory.mktemp("clean"), "tiny-clean", serve_port, tiny_warm_up))
+    config = parse_config(_with_dpo_effect(tiny_run_config(tmp_path_factory.mktemp("clean"), "tiny-clean",
+                                                           serve_port, tiny_warm_up)))
     coordinator = start_coordinator(config, detached=False)
     ray.get(coordinator.run.remote(), timeout=900)
     ray.kill(coordinator, no_restart=True)
@@ -65,7 +73,8 @@ def killed_and_resumed_run(clean_run, ray_cluster, serve_port, tiny_warm_up, tmp
 
     from cluster.job import start_coordinator
 
-    config = parse_config(tiny_run_config(tmp_path_factory.mktemp("coord"), "tiny-kill", serve_port, tiny_warm_up))
+    config = parse_config(_with_dpo_effect(tiny_run_config(tmp_path_factory.mktemp("coord"), "tiny-kill",
+                                                           serve_port, tiny_warm_up)))
     coordinator = start_coordinator(config, detached=False)
     result_ref = coordinator.run.remote()
     manifest_path = config.run_dir / "manifest.json"
@@ -153,7 +162,7 @@ def test_tiny_run_completes_every_stage_writes_report_and_serves_promoted_model(
                                                                                  serve_port):
     config, _, _, manifest, result, _ = killed_and_resumed_run
     expected = ["data", "base", "sft-0", "eval-sft-0", "promote-sft-0", "it1-questions", "it1-dpo-samples",
-                "it1-pairs", "dpo-1", "it1-sft-samples", "it1-pseudo-labels", "sft-1", "eval-sft-1",
+                "it1-pairs", "dpo-1", "it1-dpo-effect", "it1-sft-samples", "it1-pseudo-labels", "sft-1", "eval-sft-1",
                 "promote-sft-1"]
     assert [s for s in expected if manifest["stages"].get(s, {}).get("status") != "done"] == []
     for version in ("sft-0", "dpo-1", "sft-1"):
@@ -167,6 +176,12 @@ def test_tiny_run_completes_every_stage_writes_report_and_serves_promoted_model(
     assert report.read_text().count("| sft-") >= 2 and (report.parent / "report.png").stat().st_size > 1000
     pairs = read_jsonl(Path(manifest["stages"]["it1-pairs"]["outputs"]["path"]))
     assert all(p["chosen"] != p["rejected"] for p in pairs)
+    effect = sampling_effect(config.run_dir, 1)  # Fig. 6 on dev: the SFT model's samples vs the DPO model's
+    assert effect["on"] == "dev" and effect["k"] == 2
+    assert len(effect["dpo"]["pass1"]) == config.synthetic_config().n_dev
+    for model, version in (("sft", "sft-0"), ("dpo", "dpo-1")):
+        records = read_jsonl(Path(manifest["stages"]["it1-dpo-effect"]["outputs"][f"{model}_path"]))
+        assert {r["model_version"] for r in records} == {f"{config.name}:{version}"}
     r = httpx.post(f"http://127.0.0.1:{serve_port}/v1/solve", json={"question": "Ava has 3 pens. How many?"},
                    timeout=60)
     assert r.status_code == 200 and r.json()["model_version"] == f"{config.name}:{live}"
