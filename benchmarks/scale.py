@@ -173,7 +173,11 @@ def stage_train(kind: str, zero: int, args: Any, seen: set[int]) -> dict[str, An
     if kind == "sft":
         config = SFTStageConfig(data_path=str(copy_data(paths["labeled"], work / run)), learning_rate=1e-4, **common)
     else:
-        config = DPOStageConfig(data_path=str(copy_data(paths["pairs"], work / run)), **common)
+        # only the pairs the steps use: DPO computes the reference log-probs of the whole file up front
+        pairs = copy_data(paths["pairs"], work / run)
+        used = 2 * args.train_steps * args.train_batch
+        pairs.write_text("".join(pairs.read_text().splitlines(keepends=True)[:used]))
+        config = DPOStageConfig(data_path=str(pairs), **common)
     with Stopwatch() as sw:
         ray_run = run_ray(kind, config, seen)
     steps = sorted(ray_run["step_times"])
