@@ -441,7 +441,8 @@ def _check_commands(readme: Path) -> list[list[str]]:
             if re.match(r"(deploy|benchmarks|configs)/", token):
                 assert (ROOT / token).exists(), f"{name} names {token}, which does not exist: {argv}"
         for i, token in enumerate(argv[:-1]):
-            if token == "-m" and i > 0 and argv[i - 1].startswith("python"):
+            if token == "-m" and i > 0 and argv[i - 1].startswith("python") and (
+                    argv[i + 1].split(".")[0] not in sys.stdlib_module_names):  # e.g. `python3 -m venv`
                 _module_file(argv[i + 1])
         if argv[0] == "make":
             assert set(argv[1:]) <= targets, f"{name}: `{shlex.join(argv)}` names a target the Makefile lacks"
