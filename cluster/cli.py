@@ -300,8 +300,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_scale(args: argparse.Namespace) -> int:
     from services.pools import scale
 
-    if args.pool not in ("rollout", "solver"):
-        raise ConfigError(f"pool must be rollout or solver, got {args.pool!r}")
+    if args.pool not in ("rollout", "solver", "verifier"):
+        raise ConfigError(f"pool must be rollout, solver or verifier, got {args.pool!r}")
     connect(args.address)
     scale(args.pool, args.replicas)
     print(f"pool {args.pool}: {args.replicas} replica(s)")
@@ -312,6 +312,8 @@ def cmd_solve(args: argparse.Namespace) -> int:
     import httpx
 
     body = {"question": args.question, "strategy": args.strategy, "n": args.n}
+    if args.top_k is not None:
+        body["top_k"] = args.top_k
     try:
         r = httpx.post(f"{args.url.rstrip('/')}/v1/solve", json=body, timeout=120)
     except httpx.HTTPError as exc:
@@ -420,15 +422,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address")
 
     p = add("scale", cmd_scale, "set a pool's replica count")
-    p.add_argument("pool", choices=["rollout", "solver"])
+    p.add_argument("pool", choices=["rollout", "solver", "verifier"])
     p.add_argument("replicas", type=int)
     p.add_argument("--address")
 
     p = add("solve", cmd_solve, "ask the live solver a question over HTTP")
     p.add_argument("question")
     p.add_argument("--url", default="http://127.0.0.1:8000")
-    p.add_argument("--strategy", choices=["greedy", "majority"], default="greedy")
+    p.add_argument("--strategy", choices=["greedy", "majority", "rerank"], default="greedy",
+                   help="rerank: the solver's verifier pool (serving.verifier) scores the n samples")
     p.add_argument("--n", type=int, default=1)
+    p.add_argument("--top-k", type=int, help="rerank: only the K largest answer clusters compete")
 
     p = add("rollback", cmd_rollback, "put an earlier version of a run back on the live solver")
     p.add_argument("version")

@@ -139,6 +139,17 @@ def test_rerank_answer_follows_rr_topk_over_clusters_consistent_with_votes(reran
 
 
 @pytest.mark.ray
+def test_dpost_solve_reranks_through_the_cli_and_a_bad_top_k_is_one_line(reranking, capsys) -> None:
+    from cluster.cli import main
+
+    _, url = reranking
+    assert main(["solve", QUESTION, "--url", url, "--strategy", "rerank", "--n", "4", "--top-k", "1"]) == 0
+    assert "answer: " in capsys.readouterr().out
+    assert main(["solve", QUESTION, "--url", url, "--strategy", "rerank", "--n", "4", "--top-k", "5"]) == 2
+    assert capsys.readouterr().err.strip().endswith("top_k: must be between 1 and n=4")
+
+
+@pytest.mark.ray
 @pytest.mark.parametrize(("body", "message"), [
     ({"strategy": "rerank", "n": 1}, "n: strategy rerank needs at least 2 samples"),
     ({"strategy": "rerank"}, "n: strategy rerank needs at least 2 samples"),
