@@ -170,3 +170,28 @@ def tiny_warm_up(ray_cluster, base_checkpoint, tmp_path_factory) -> dict:
     result = train_sft(config.stage_config("sft", model_path=str(base_checkpoint), data_path=str(task["labeled"]),
                                            output_dir=str(out / "sft-0"), run_name="tiny-warm-up"))
     return {"base": str(base_checkpoint), "checkpoint": str(result.checkpoint)}
+
+
+@pytest.fixture(scope="session")
+def trained_synthesizer(ray_cluster, base_checkpoint, synthetic_dir, tmp_path_factory):
+    """A problem synthesizer trained once by the real SFT path (Ray Train, TRL) from the session's base model on
+    the labeled problems paired with seed excerpts: 150 steps teach it the taught shape (question, `Solution:`,
+    `#### N`) for some prompts. Runs that need a synthesizer use it as is (`synthesis.train: false`)."""
+    import json
+
+    from trainers.data.problems import load_problems
+    from trainers.synthesis.config import SynthesisConfig
+    from trainers.synthesis.prompts import load_seed_texts, training_examples
+    from trainers.training.config import SFTStageConfig
+    from trainers.training.ray_train import train_sft
+
+    out = tmp_path_factory.mktemp("synthesizer")
+    labeled = load_problems(synthetic_dir / "labeled.jsonl").problems
+    seeds = load_seed_texts([Path(__file__).parent / "fixtures" / "synthesis_seeds.txt"])
+    data = out / "synthesizer.jsonl"
+    data.write_text("".join(json.dumps(e) + "\n" for e in training_examples(labeled, seeds,
+                                                                            SynthesisConfig().seed_chars)))
+    return train_sft(SFTStageConfig(
+        model_path=str(base_checkpoint), data_path=str(data), output_dir=str(out / "synth-1"), max_steps=150,
+        logging_steps=50, save_steps=150, per_device_train_batch_size=8, learning_rate=3e-3, num_workers=1,
+        run_name="test-synthesizer"))

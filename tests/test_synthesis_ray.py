@@ -4,7 +4,6 @@ expected to write good problems: the test proves the pieces fit, the format is l
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -15,9 +14,7 @@ from trainers.evaluation import local_decoder
 from trainers.synthesis.config import SynthesisConfig
 from trainers.synthesis.labels import synthesized_rows
 from trainers.synthesis.pipeline import vote_on, write_problems
-from trainers.synthesis.prompts import generation_prompts, load_seed_texts, parse_generated, training_examples
-from trainers.training.config import SFTStageConfig
-from trainers.training.ray_train import train_sft
+from trainers.synthesis.prompts import generation_prompts, load_seed_texts, parse_generated
 
 pytestmark = pytest.mark.ray
 
@@ -25,21 +22,14 @@ SEEDS = Path(__file__).parent / "fixtures" / "synthesis_seeds.txt"
 
 
 def test_synthesizer_trained_on_ray_writes_problems_whose_filter_and_vote_counts_are_consistent(
-        ray_cluster, base_checkpoint, synthetic_dir, tmp_path):
+        trained_synthesizer, synthetic_dir):
     labeled = load_problems(synthetic_dir / "labeled.jsonl").problems
     seeds = load_seed_texts([SEEDS])
     config = SynthesisConfig(problems_per_iteration=16, max_new_tokens=160)
-    examples = training_examples(labeled, seeds, config.seed_chars)
-    data = tmp_path / "synthesizer.jsonl"
-    data.write_text("".join(json.dumps(e) + "\n" for e in examples))
-    result = train_sft(SFTStageConfig(
-        model_path=str(base_checkpoint), data_path=str(data), output_dir=str(tmp_path / "synth-1"), max_steps=150,
-        logging_steps=50, save_steps=150, per_device_train_batch_size=8, learning_rate=3e-3, num_workers=1,
-        run_name="test-synthesizer"))
-    losses = [h["loss"] for h in result.metrics["log_history"] if "loss" in h]
+    losses = [h["loss"] for h in trained_synthesizer.metrics["log_history"] if "loss" in h]
     assert len(losses) >= 3 and losses[-1] < losses[0], losses
 
-    synthesizer, written = local_decoder(result.checkpoint), []
+    synthesizer, written = local_decoder(trained_synthesizer.checkpoint), []
 
     def decode(rows):  # the project's in-process decoder; the texts are kept to check the parse count
         decoded = synthesizer(rows)
