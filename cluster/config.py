@@ -22,7 +22,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_serializer,
                       field_validator, model_validator)
 
-from services.config import ServingConfig
+from services.config import ServingConfig, checks_files
 from trainers.core.dedup import DEDUP_METHODS
 from trainers.core.errors import CheckpointError, ConfigError, config_error
 from trainers.data.synthetic import SyntheticTaskConfig
@@ -45,11 +45,6 @@ def plain_folder_name(name: str) -> str:
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"must be a plain folder name, got {name!r}")
     return name
-
-
-def _checks_files(info: ValidationInfo) -> bool:
-    """Paths are checked unless the caller says they exist only elsewhere (`dpost submit`: on the cluster)."""
-    return (info.context or {}).get("check_files", True)
 
 
 class ModelSection(BaseModel):
@@ -76,7 +71,7 @@ class ModelSection(BaseModel):
             self.preset = None  # a user's model replaces the from-scratch preset
         if self.preset is None and self.path is None:
             raise ValueError("set preset or path")
-        if self.warmup is not None and _checks_files(info):
+        if self.warmup is not None and checks_files(info):
             if not Path(self.warmup).expanduser().is_dir():
                 raise ValueError(f"warmup: checkpoint folder not found: {self.warmup}")
             self.warmup = str(Path(self.warmup).expanduser().resolve())  # the coordinator may run elsewhere
@@ -109,7 +104,7 @@ class DataSection(BaseModel):
         missing = [key for key, path in files.items() if not path]
         if missing:
             raise ValueError(f"give `synthetic` or all of labeled/unlabeled/dev/test (missing {missing})")
-        if _checks_files(info):
+        if checks_files(info):
             for key, path in files.items():
                 if not Path(path).expanduser().is_file():
                     raise ValueError(f"{key}: file not found: {path}")
@@ -269,7 +264,7 @@ class VerifierSection(BaseModel):
     def _checked(self, info: ValidationInfo) -> "VerifierSection":
         if self.mode != "separate" and self.training.max_steps is not None and self.training.max_steps <= 0:
             raise ValueError("training.max_steps: multitask and control compare by steps: set max_steps > 0")
-        if self.model is not None and _checks_files(info):
+        if self.model is not None and checks_files(info):
             try:
                 validate_causal_lm(str(Path(self.model).expanduser()))
             except CheckpointError as exc:

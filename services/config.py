@@ -97,9 +97,9 @@ class PoolConfig(BaseModel):
         return opts
 
 
-def _checks_files(info: ValidationInfo) -> bool:
-    """Paths are checked unless the caller says they exist only elsewhere (`dpost submit`, a config read back
-    from the cluster's registry)."""
+def checks_files(info: ValidationInfo) -> bool:
+    """Paths are checked unless the caller says they exist only elsewhere (`dpost submit`: on the cluster; a
+    config read back from the cluster's registry). The run config's sections use it too."""
     return (info.context or {}).get("check_files", True)
 
 
@@ -121,7 +121,7 @@ class VerifierConfig(PoolConfig):
     @field_validator("path")
     @classmethod
     def _causal_lm(cls, path: str, info: ValidationInfo) -> str:
-        if _checks_files(info):
+        if checks_files(info):
             try:
                 validate_causal_lm(path)
             except CheckpointError as exc:

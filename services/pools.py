@@ -18,11 +18,12 @@ import ray
 from ray import serve
 
 from services.api import SolverAPI
-from services.config import POOLS, VERIFIER, ServingConfig, validate_causal_lm
+from services.config import POOLS, VERIFIER, ServingConfig
 from services.registry import get_registry
 from services.sampler import Sampler
 from trainers.engine.decoding import Decoded, DecodeRequest
 from trainers.core.errors import CheckpointError, ConfigError
+from trainers.models.checkpoints import validate_causal_lm
 
 
 def build_app(pool: str, config: ServingConfig):
