@@ -158,8 +158,12 @@ def synthesis_lines(manifest: dict[str, Any]) -> list[str]:
     lines = []
     if "synthesizer" in stages:
         s = stages["synthesizer"]
-        lines.append(f"synthesizer: {s['examples']} examples ({s['seed_texts']} seed texts), {s['global_step']} "
-                     f"SFT steps from {s['trained_from']}, loss {s['first_loss']:.3g} -> {s['final_loss']:.3g}")
+        if s.get("reused"):
+            lines.append(f"synthesizer: {s['checkpoint']} as is (synthesis.train: false)")
+        else:
+            lines.append(f"synthesizer: {s['examples']} examples ({s['seed_texts']} seed texts), "
+                         f"{s['global_step']} SFT steps from {s['trained_from']}, loss {s['first_loss']:.3g} -> "
+                         f"{s['final_loss']:.3g}")
     for name in sorted(n for n in stages if n.endswith("-synthesized")):
         s = stages[name]
         empty = "nothing kept: " if not s["kept"] else ""

@@ -3,7 +3,8 @@ and label every question without a trusted answer by the current policy's vote.
 
     synthesizer       SFT (Ray Train) from `synthesis.synthesizer_path` or f0 on `prompt -> problem + solution`,
                       built from L and the seed texts. Once per run: what it learns from does not change
-                      between iterations; each iteration samples it with its own seed.
+                      between iterations; each iteration samples it with its own seed. With `synthesis.train`
+                      false, `synthesizer_path` is recorded as the synthesizer as is (`reused`), untrained.
     it<t>-synthesized it writes `problems_per_iteration` problems on the rollout pool (calculator on); the
                       filters keep some, each stage's count in the outputs (`filters`, `summary`)
     it<t>-votes       the current policy f samples k answers for each kept problem and each unanswered U_t row;
@@ -59,8 +60,12 @@ def grow_questions(config: RunConfig, run: RunDir, data: dict[str, Any], f0: str
 
 def train_synthesizer(config: RunConfig, run: RunDir, data: dict[str, Any], f0: str, progress: Progress
                       ) -> dict[str, Any]:
-    """The synthesizer: `synthesis.train_steps` SFT steps on the labeled problems paired with seed excerpts."""
+    """The synthesizer: `synthesis.train_steps` SFT steps on the labeled problems paired with seed excerpts,
+    or, with `synthesis.train` false, the folder `synthesis.synthesizer_path` recorded as it is."""
     s = config.synthesis
+    if not s.train and s.synthesizer_path:
+        run.add_version(SYNTHESIZER, Path(s.synthesizer_path), {"kind": "sft", "reused": True})
+        return {"checkpoint": s.synthesizer_path, "reused": True}
     seeds = load_seed_texts(s.seed_texts)
     examples = training_examples(load_problems(data["labeled_path"]).problems, seeds, s.seed_chars, config.seed)
     if not examples:

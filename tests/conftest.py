@@ -173,10 +173,11 @@ def tiny_warm_up(ray_cluster, base_checkpoint, tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="session")
-def trained_synthesizer(ray_cluster, base_checkpoint, synthetic_dir, tmp_path_factory):
-    """A problem synthesizer trained once by the real SFT path (Ray Train, TRL) from the session's base model on
-    the labeled problems paired with seed excerpts: 150 steps teach it the taught shape (question, `Solution:`,
-    `#### N`) for some prompts. Runs that need a synthesizer use it as is (`synthesis.train: false`)."""
+def trained_synthesizer(ray_cluster, tiny_warm_up, synthetic_dir, tmp_path_factory):
+    """A problem synthesizer trained once by the real SFT path (Ray Train, TRL) from the tiny warm-up model (it
+    already writes rationales) on the labeled problems paired with seed excerpts: 120 steps teach it the taught
+    shape (question, `Solution:`, `#### N`) for some prompts. Runs that need a synthesizer use it as is
+    (`synthesis.train: false`)."""
     import json
 
     from trainers.data.problems import load_problems
@@ -192,6 +193,7 @@ def trained_synthesizer(ray_cluster, base_checkpoint, synthetic_dir, tmp_path_fa
     data.write_text("".join(json.dumps(e) + "\n" for e in training_examples(labeled, seeds,
                                                                             SynthesisConfig().seed_chars)))
     return train_sft(SFTStageConfig(
-        model_path=str(base_checkpoint), data_path=str(data), output_dir=str(out / "synth-1"), max_steps=150,
-        logging_steps=50, save_steps=150, per_device_train_batch_size=8, learning_rate=3e-3, num_workers=1,
+        model_path=tiny_warm_up["checkpoint"], data_path=str(data), output_dir=str(out / "synth-1"),
+        max_steps=120, logging_steps=40, save_steps=120, per_device_train_batch_size=8, learning_rate=0.01,
+        num_workers=1,
         run_name="test-synthesizer"))

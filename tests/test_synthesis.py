@@ -306,8 +306,9 @@ def test_write_and_vote_run_through_any_decode_fn_with_a_real_untrained_model(ba
 def test_synthesis_config_documents_every_field_and_refuses_bad_values():
     assert all(field.description for field in SynthesisConfig.model_fields.values())
     assert SynthesisConfig().ngram == 10 and not SynthesisConfig().enabled
+    assert SynthesisConfig().train and not SynthesisConfig(synthesizer_path="synth", train=False).train
     for bad in [{"vote_threshold": 0}, {"vote_threshold": 1.5}, {"ngram": 0}, {"vote_treshold": 0.5},
-                {"min_question_words": 20, "max_question_words": 10}]:
+                {"min_question_words": 20, "max_question_words": 10}, {"train": False}]:
         with pytest.raises(ValidationError) as error:
             SynthesisConfig(**bad)
         message = str(config_error(error.value, SynthesisConfig, prefix="synthesis"))

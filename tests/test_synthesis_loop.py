@@ -1,8 +1,8 @@
-"""Synthesis in the loop on a real local Ray cluster: `dpost synthesize` trains the synthesizer (Ray Train), has
-it write problems on the rollout pool, filters them and labels them, with U_t's unanswered rows, by the warm-up
-policy's vote; then the loop's iteration 1 resumes the same run directory and trains on them, every record
-derived from a vote-labelled question carrying its provenance. Bad input to `dpost synthesize` is one line,
-exit 2, before Ray starts."""
+"""Synthesis in the loop on a real local Ray cluster: `dpost synthesize` records the session's trained
+synthesizer as is (`synthesis.train: false`), has it write problems on the rollout pool, filters them and labels
+them, with U_t's unanswered rows, by the warm-up policy's vote; then the loop's iteration 1 resumes the same
+run directory and trains on them, every record derived from a vote-labelled question carrying its provenance.
+Bad input to `dpost synthesize` is one line, exit 2, before Ray starts."""
 
 from __future__ import annotations
 
@@ -27,10 +27,11 @@ U_T, UNANSWERED, WRITTEN, K, THRESHOLD = 12, 6, 24, 4, 0.5
 
 
 @pytest.fixture(scope="module")
-def synthesis_config(ray_cluster, serve_port, tiny_warm_up, tmp_path_factory) -> tuple[Path, dict, dict]:
+def synthesis_config(ray_cluster, serve_port, tiny_warm_up, trained_synthesizer, tmp_path_factory
+                     ) -> tuple[Path, dict, dict]:
     """The tiny run (its task as files, so that half of U_1 can come without answers) in mode st with
-    synthesis on, cut to what proves the path: a 120-step synthesizer from the warm-up model (it writes the
-    taught shape for about a third of the prompts), 24 written problems, k=4 votes, a 10-step sft-1.
+    synthesis on, cut to what proves the path: the session's trained synthesizer used as is (it writes the
+    taught shape for some of the prompts), 24 written problems, k=4 votes, a 10-step sft-1.
     Returns (config file, raw config, the stripped answers)."""
     from trainers.data.synthetic import build_synthetic_task
 
@@ -49,8 +50,8 @@ def synthesis_config(ray_cluster, serve_port, tiny_warm_up, tmp_path_factory) ->
     raw["training"]["sft"]["max_steps"] = 10
     raw["evaluation"] = {"max_new_tokens": 64, "evaluate_test": False}
     raw["synthesis"] = {"enabled": True, "problems_per_iteration": WRITTEN,
-                        "synthesizer_path": tiny_warm_up["checkpoint"], "train_steps": 120, "learning_rate": 0.01,
-                        "max_new_tokens": 96, "samples_per_question": K, "vote_threshold": THRESHOLD,
+                        "synthesizer_path": str(trained_synthesizer.checkpoint), "train": False,
+                        "max_new_tokens": 160, "samples_per_question": K, "vote_threshold": THRESHOLD,
                         "seed_texts": [str(SEEDS)]}
     path = root / "synthesis.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -77,7 +78,8 @@ def synthesized_then_trained(synthesis_config) -> tuple[RunDir, list[str], dict]
     return RunDir(config.run_dir), lines, stripped
 
 
-def test_synthesize_prints_one_line_per_stage_with_the_filter_counts_and_vote_stats(synthesized_then_trained):
+def test_synthesize_prints_one_line_per_stage_with_the_filter_counts_and_vote_stats(synthesized_then_trained,
+                                                                                    trained_synthesizer):
     run, lines, _ = synthesized_then_trained
     assert [line.split(":")[0] for line in lines] == ["synthesizer", "it1-synthesized", "it1-votes"], lines
     written = run.outputs("it1-synthesized")
@@ -87,7 +89,10 @@ def test_synthesize_prints_one_line_per_stage_with_the_filter_counts_and_vote_st
     assert all(a >= b for a, b in zip(counts, counts[1:])), written["summary"]
     assert written["kept"] == counts[-1] == len(read_jsonl(Path(written["path"]))) >= 1, written["summary"]
     synthesizer = run.outputs("synthesizer")
-    assert synthesizer["global_step"] == 120 and synthesizer["final_loss"] < synthesizer["first_loss"]
+    assert synthesizer == {"checkpoint": str(trained_synthesizer.checkpoint), "reused": True}, synthesizer
+    assert synthesizer["checkpoint"] in lines[0] and "as is" in lines[0], lines[0]
+    assert run.manifest["versions"]["synthesizer"] == {"path": synthesizer["checkpoint"], "kind": "sft",
+                                                       "reused": True}
 
 
 def test_unanswered_and_synthesized_questions_are_labelled_by_vote_at_the_threshold(synthesized_then_trained):

@@ -41,7 +41,7 @@ def test_synthesizer_trained_on_ray_writes_problems_whose_filter_and_vote_counts
     counts = list(report.as_dict().values())
     assert counts[0] == len(written) == config.problems_per_iteration
     assert all(a >= b for a, b in zip(counts, counts[1:])), report.summary()
-    # 150 steps teach the tiny model the taught shape (question, `Solution:`, `#### N`) for some prompts at least
+    # 120 steps teach the warm-up model the taught shape (question, `Solution:`, `#### N`) for some prompts at least
     assert 1 <= report.parseable == sum(parse_generated(t) is not None for t in written), written
     assert len(kept) == report.decontamination
     prompts = generation_prompts(labeled, seeds, config.problems_per_iteration, config.seed_chars, seed=0)

@@ -24,6 +24,9 @@ class SynthesisConfig(BaseModel):
         "A seed excerpt is the first this-many characters of a seed text, cut back to a word boundary."))
     synthesizer_path: str | None = Field(None, description=(
         "HF folder the synthesizer is fine-tuned from; default: the run's base model f0."))
+    train: bool = Field(True, description=(
+        "Fine-tune the synthesizer. false: `synthesizer_path` (then required) is an already trained "
+        "synthesizer, recorded as stage `synthesizer` as is, without training."))
     train_steps: int = Field(200, ge=1, description="SFT steps that teach the synthesizer the prompt format.")
     learning_rate: float | None = Field(None, gt=0, le=1, description=(
         "The synthesizer's SFT learning rate; default: training.sft's (its other TRL fields are those too)."))
@@ -50,4 +53,6 @@ class SynthesisConfig(BaseModel):
         if self.min_question_words > self.max_question_words:
             raise ValueError(f"min_question_words ({self.min_question_words}) is above max_question_words "
                              f"({self.max_question_words})")
+        if not self.train and not self.synthesizer_path:
+            raise ValueError("train: false needs synthesizer_path, the trained synthesizer to use as is")
         return self
