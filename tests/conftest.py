@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -29,6 +30,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "ray_cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.ray)
+    # One tiny run serves the tests that watch it while it runs and those that need it finished: the watchers
+    # go just before the first test that waits for its end.
+    uses = [set(getattr(item, "fixturenames", ())) for item in items]
+    watching = [item for item, names in zip(items, uses) if "tiny_run_in_progress" in names and "tiny_run" not in names]
+    finished = [item for item, names in zip(items, uses) if "tiny_run" in names]
+    if watching and finished:
+        rest = [item for item in items if item not in watching]
+        at = rest.index(finished[0])
+        items[:] = rest[:at] + watching + rest[at:]
 
 
 @pytest.fixture(autouse=True)
@@ -197,3 +207,38 @@ def trained_synthesizer(ray_cluster, tiny_warm_up, synthetic_dir, tmp_path_facto
         max_steps=120, logging_steps=40, save_steps=120, per_device_train_batch_size=8, learning_rate=0.01,
         num_workers=1,
         run_name="test-synthesizer"))
+
+
+def shared_run_config(root: Path, name: str, port: int, warm_up: dict) -> dict:
+    """The settings of the session's shared tiny run (`tiny_run`): the tiny DPO-ST run from the trained warm-up,
+    with Fig. 6's dev sampling on (2 samples per dev question from the models before and after the DPO step). A
+    run compared with it uses the same settings under another name."""
+    raw = tiny_run_config(root, name, port, warm_up)
+    raw["evaluation"]["dpo_effect_samples"] = 2
+    return raw
+
+
+@pytest.fixture(scope="session")
+def tiny_run_in_progress(ray_cluster, serve_port, tiny_warm_up, tmp_path_factory):
+    """The session's tiny run (`shared_run_config`), started and not waited for: (config, its coordinator, the
+    `run` call's ref). A test that watches it running is ordered before the first test that uses `tiny_run`
+    (pytest_collection_modifyitems)."""
+    from cluster.config import parse_config
+    from cluster.job import start_coordinator
+
+    config = parse_config(shared_run_config(tmp_path_factory.mktemp("tiny-run"), "tiny-clean", serve_port,
+                                            tiny_warm_up))
+    coordinator = start_coordinator(config, detached=False)
+    return config, coordinator, coordinator.run.remote()
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_run_in_progress):
+    """The same run, finished and never interrupted: (config, its manifest). One run serves every test that
+    reads a whole tiny DPO-ST run (the coordinator's reference for resumed runs, the web page's run view)."""
+    import ray
+
+    config, coordinator, result = tiny_run_in_progress
+    ray.get(result, timeout=900)
+    ray.kill(coordinator, no_restart=True)
+    return config, json.loads((config.run_dir / "manifest.json").read_text())

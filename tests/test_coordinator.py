@@ -19,7 +19,7 @@ import yaml
 from cluster.aggregate import sampling_effect
 from cluster.config import load_config, parse_config
 from cluster.rundir import read_jsonl
-from tests.conftest import tiny_run_config
+from tests.conftest import shared_run_config, tiny_run_config
 
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,38 +43,17 @@ def _wait_for(manifest_path: Path, ready, what: str, timeout_s: float = 900) -> 
     raise TimeoutError(f"the coordinator never reached: {what}")
 
 
-def _with_dpo_effect(raw: dict) -> dict:
-    """Fig. 6's dev sampling on (2 samples per dev question from the models before and after the DPO step)."""
-    raw["evaluation"]["dpo_effect_samples"] = 2
-    return raw
-
-
 @pytest.fixture(scope="module")
-def clean_run(ray_cluster, serve_port, tiny_warm_up, tmp_path_factory):
-    """The reference: the same tiny run (same seed), never interrupted."""
-    import ray
-
-    from cluster.job import start_coordinator
-
-    config = parse_config(_with_dpo_effect(tiny_run_config(tmp_path_factory.mktemp("clean"), "tiny-clean",
-                                                           serve_port, tiny_warm_up)))
-    coordinator = start_coordinator(config, detached=False)
-    ray.get(coordinator.run.remote(), timeout=900)
-    ray.kill(coordinator, no_restart=True)
-    return config, json.loads((config.run_dir / "manifest.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def killed_and_resumed_run(clean_run, ray_cluster, serve_port, tiny_warm_up, tmp_path_factory):
-    """Start a run and kill its coordinator twice, at different stages, letting Ray restart it each time:
-    first right after the first sampling stage, then in the middle of sft-1's Ray Train run."""
+def killed_and_resumed_run(tiny_run, ray_cluster, serve_port, tiny_warm_up, tmp_path_factory):
+    """The session's tiny run (`tiny_run`, the reference, never interrupted) again under another name, its
+    coordinator killed twice, at different stages, letting Ray restart it each time: first right after the first
+    sampling stage, then in the middle of sft-1's Ray Train run."""
     import ray
     from ray.util import placement_group_table
 
     from cluster.job import start_coordinator
 
-    config = parse_config(_with_dpo_effect(tiny_run_config(tmp_path_factory.mktemp("coord"), "tiny-kill",
-                                                           serve_port, tiny_warm_up)))
+    config = parse_config(shared_run_config(tmp_path_factory.mktemp("coord"), "tiny-kill", serve_port, tiny_warm_up))
     coordinator = start_coordinator(config, detached=False)
     result_ref = coordinator.run.remote()
     manifest_path = config.run_dir / "manifest.json"
@@ -136,8 +115,8 @@ def _weights_digest(checkpoint: str) -> str:
     return hashlib.sha256(Path(checkpoint, "model.safetensors").read_bytes()).hexdigest()
 
 
-def test_twice_killed_run_has_the_same_stage_outputs_as_a_clean_run(killed_and_resumed_run, clean_run):
-    clean_config, clean = clean_run
+def test_twice_killed_run_has_the_same_stage_outputs_as_a_clean_run(killed_and_resumed_run, tiny_run):
+    clean_config, clean = tiny_run
     config, _, _, killed, _, _ = killed_and_resumed_run
     assert set(killed["stages"]) == set(clean["stages"])
     compared = 0

@@ -18,9 +18,7 @@ import httpx
 import pytest
 from ray import serve
 
-from cluster.config import parse_config
 from services.app import solver_app
-from tests.conftest import tiny_run_config
 
 pytestmark = pytest.mark.ray
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"  # Debian's; .ci/run installs it
@@ -28,28 +26,6 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run
                   "--disable-component-update", "--disable-sync"]
 REFRESH_S = 3  # the page reloads /v1/run this often (services/static/app.js)
 ANNOTATION = re.compile(r"<<([^<>=]*)=([^<>]*)>>")
-
-
-@pytest.fixture(scope="module")
-def running_run(ray_cluster, serve_port, tiny_warm_up, tmp_path_factory):
-    """The tiny run (configs/tiny.yaml, one DPO-ST iteration, from the session's trained warm-up), started: the
-    run view needs every kind of stage, and the ask view a live model that writes calculator annotations."""
-    from cluster.job import start_coordinator
-
-    config = parse_config(tiny_run_config(tmp_path_factory.mktemp("web"), "tiny-web", serve_port, tiny_warm_up))
-    coordinator = start_coordinator(config, detached=False)
-    return config, coordinator, coordinator.run.remote()
-
-
-@pytest.fixture(scope="module")
-def tiny_run(running_run):
-    """The same run, finished: (config, its manifest)."""
-    import ray
-
-    config, coordinator, result = running_run
-    ray.get(result, timeout=900)
-    ray.kill(coordinator, no_restart=True)
-    return config, json.loads((config.run_dir / "manifest.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +76,23 @@ def _wait_until_served(url: str, timeout_s: float = 300) -> None:
         time.sleep(1)
 
 
-def test_run_view_refreshes_by_itself_and_shows_the_stage_in_progress(running_run, solver_url, page):
-    config, _, _ = running_run
+@pytest.fixture(scope="module")
+def served_run(tiny_run, solver_url):
+    """The session's tiny run (`tiny_run`, one DPO-ST iteration from the trained warm-up), finished, as
+    `serve run services.app:solver_app run_dir=...` shows it, with its live model on the solver again (runs of
+    other tests may have promoted theirs since): the run view needs every kind of stage, and the ask view a live
+    model that writes calculator annotations."""
+    from services.pools import swap
+
+    config, manifest = tiny_run
+    _redeploy_solver(config, str(config.run_dir))
+    live = manifest["live"]["solver"]
+    swap("solver", f"{config.name}:{live}", manifest["versions"][live]["path"])
+    return config, manifest
+
+
+def test_run_view_refreshes_by_itself_and_shows_the_stage_in_progress(tiny_run_in_progress, solver_url, page):
+    config, _, _ = tiny_run_in_progress
     _wait_until_served(solver_url)  # the run deploys the solver app if no test did before
     page.goto(f"{solver_url}/#run")
     page.wait_for_selector("#stages li.running", timeout=600_000)
@@ -142,8 +133,8 @@ def _question_answered_with_the_calculator(url: str, manifest: dict) -> str:
     raise AssertionError("the live model wrote no <<expr=result>> annotation for 40 training questions")
 
 
-def test_ask_view_shows_the_answer_and_marks_each_calculator_result(tiny_run, solver_url, page, tmp_path):
-    _, manifest = tiny_run
+def test_ask_view_shows_the_answer_and_marks_each_calculator_result(served_run, solver_url, page, tmp_path):
+    config, manifest = served_run
     question = _question_answered_with_the_calculator(solver_url, manifest)
     page.goto(solver_url)
     offered = httpx.get(f"{solver_url}/openapi.json").json()["components"]["schemas"]["SolveRequest"]["properties"][
@@ -158,7 +149,7 @@ def test_ask_view_shows_the_answer_and_marks_each_calculator_result(tiny_run, so
     assert forced, rationale
     assert page.eval_on_selector_all("#rationale mark.calc", "ms => ms.map(m => m.textContent)") == forced
     assert page.inner_text("#answer")
-    assert page.inner_text("#answer-model").startswith("tiny-web:")
+    assert page.inner_text("#answer-model").startswith(f"{config.name}:")
     assert page.is_hidden("#clusters-box")  # greedy: one sample
 
     page.select_option("#strategy", "majority")
@@ -174,12 +165,12 @@ def test_ask_view_shows_the_answer_and_marks_each_calculator_result(tiny_run, so
     screenshot(page, "web_ask.png", tmp_path)
 
 
-def test_run_view_draws_accuracy_per_iteration_and_the_stage_list_of_the_run(tiny_run, solver_url, page,
+def test_run_view_draws_accuracy_per_iteration_and_the_stage_list_of_the_run(served_run, solver_url, page,
                                                                               tmp_path):
-    config, manifest = tiny_run
+    config, manifest = served_run
     page.goto(f"{solver_url}/#run")
     page.wait_for_selector("#run-body:not([hidden])")
-    assert page.inner_text("#run-title") == "Run tiny-web"
+    assert page.inner_text("#run-title") == f"Run {config.name}"
     assert "done" in page.inner_text("#run-status")
     # two models, sft-0 (the warm-up) and sft-1, each a dev and a test point
     assert page.locator("#accuracy-chart circle.point-dev").count() == 2
@@ -191,6 +182,6 @@ def test_run_view_draws_accuracy_per_iteration_and_the_stage_list_of_the_run(tin
     names = page.eval_on_selector_all("#stages li .name", "ns => ns.map(n => n.textContent)")
     assert names == list(manifest["stages"]), names
     live = manifest["live"]["solver"]
-    assert page.inner_text("#serving-version") == f"tiny-web:{live}"
+    assert page.inner_text("#serving-version") == f"{config.name}:{live}"
     assert f"{live} (live)" in page.inner_text("#promotions")
     screenshot(page, "web_run.png", tmp_path)
