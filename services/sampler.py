@@ -34,7 +34,7 @@ from services.decode_loop import DecodeLoop, TextPiece
 from services.registry import get_registry
 from trainers.engine.decoding import Decoded, DecodeRequest
 from trainers.engine.scoring import score_candidates
-from trainers.models.checkpoints import Policy, load_policy
+from trainers.models.checkpoints import DEFAULT_POLICY_DTYPE, Policy, load_policy
 
 logger = logging.getLogger("ray.serve")
 POLL_INTERVAL_S = 0.5
@@ -43,11 +43,13 @@ DEFAULTS = PoolConfig()  # batch settings until Serve hands over the pool's own 
 
 @serve.deployment(name="Sampler")
 class Sampler:
-    def __init__(self, pool: str) -> None:
+    def __init__(self, pool: str, dtype: str = DEFAULT_POLICY_DTYPE) -> None:
+        """`dtype`: what every checkpoint this replica loads is loaded as (`serving.dtype`)."""
         import torch
 
         torch.set_num_threads(int(os.environ.get("DPOST_REPLICA_THREADS", "1")))
         self.pool = pool
+        self.dtype = dtype
         self.replica_id = serve.get_replica_context().replica_id.unique_id
         self.registry = get_registry()
         self.policy: Policy | None = None
@@ -72,7 +74,7 @@ class Sampler:
 
     def _load(self, version: str, checkpoint: str) -> None:
         try:
-            model, tokenizer = load_policy(checkpoint)
+            model, tokenizer = load_policy(checkpoint, dtype=self.dtype)
         except Exception as exc:  # CheckpointError and anything a broken folder throws
             self.error = {"version": version, "message": str(exc)}
             logger.warning("replica %s refused %s: %s", self.replica_id, version, exc)

@@ -1,5 +1,6 @@
-"""Packed oneDNN linear weights for CPU decoding (trainers/engine/cpu_linear.py): same results as F.linear,
-never stale after the weights change, and out of the way of training."""
+"""Packed oneDNN linear weights for CPU decoding (trainers/engine/cpu_linear.py): same results as F.linear
+(float32, and bfloat16 where the CPU has bfloat16 dot products), never stale after the weights change, and out
+of the way of training."""
 
 from __future__ import annotations
 
@@ -42,7 +43,16 @@ def test_a_weight_changed_in_place_is_packed_again_and_training_still_gets_gradi
     assert model[0].weight.grad is not None and model[0].weight.grad.abs().sum() > 0
 
 
-def test_a_model_off_float32_or_off_the_cpu_is_left_alone():
-    model = _model().to(torch.bfloat16)
+def test_a_bfloat16_model_is_packed_where_the_cpu_has_bfloat16_dot_products_and_gives_the_same_results():
+    plain, packed = _model().to(torch.bfloat16), _model().to(torch.bfloat16)
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert pack_linears(packed) == native and ("forward" in vars(packed[0])) == native
+    with torch.inference_mode():
+        x = torch.randn(32, 512, dtype=torch.bfloat16)
+        torch.testing.assert_close(packed(x), plain(x), rtol=2e-2, atol=2e-2)
+
+
+def test_a_model_of_another_dtype_is_left_alone():
+    model = _model().to(torch.float16)
     assert not pack_linears(model)
     assert "forward" not in vars(model[0])

@@ -151,7 +151,7 @@ class DecodeEngine:
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_batch: int = 32) -> None:
         self.model = model
-        pack_linears(model)  # float32 on the CPU: oneDNN's packed weights instead of MKL's sgemm
+        pack_linears(model)  # float32 or bfloat16 on the CPU: oneDNN's packed weights
         self.tokenizer = tokenizer
         self.device = model.device  # inputs go where the weights are; bookkeeping stays on the CPU
         self.max_batch = max(1, int(max_batch))
@@ -220,7 +220,7 @@ class DecodeEngine:
             self.cache.allocate_like(prefill, self.max_batch, width + 2 * longest_new + 2)
         self.row_start += self.cache.make_room(width, 1)
         end = self.cache.window.end
-        logits = out.logits[:, -1, :][source_of]
+        logits = out.logits[:, -1, :][source_of].float()  # see _decode
         for (row, on_done), source in zip(admitted, source_of):
             n = len(prompts[source])
             slot = len(self.active)
@@ -247,7 +247,9 @@ class DecodeEngine:
                          use_cache=True, **self.keep_last)
         window.end += 1
         self.steps += 1
-        logits = out.logits[:, -1, :]
+        # float32 (a no-op for a float32 model): a bfloat16 argmax over the vocabulary is the slower kernel on
+        # the CPU, and sampling reads float32 probabilities anyway; the choice is the same (exact conversion)
+        logits = out.logits[:, -1, :].float()
         self._advance(list(self.active), logits, logits.argmax(-1).tolist(), offset=0)
 
     def _advance(self, rows: list[tuple[_Row, Callable[[int, Decoded], None]]], logits: torch.Tensor,

@@ -12,6 +12,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from trainers.core.errors import CheckpointError
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+# What a policy's weights are loaded as for decoding and scoring: `auto` is bfloat16 on a GPU, float32 on the
+# CPU; a name forces that dtype anywhere (`serving.dtype`, `benchmarks/sampler.py --dtype`).
+POLICY_DTYPES = ("auto", "float32", "bfloat16")
+DEFAULT_POLICY_DTYPE = "auto"
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,17 +71,28 @@ def validate_causal_lm(path: str | os.PathLike[str]) -> Path | str:
     return folder
 
 
-def load_policy(path: str | os.PathLike[str], device: str = "cpu"):
-    """Load (model, tokenizer) for decoding. Any load failure becomes a CheckpointError, so a bad folder
-    offered for a hot swap is refused with a message instead of crashing a replica."""
+def policy_dtype(dtype: str = DEFAULT_POLICY_DTYPE, device: str = "cpu"):
+    """The torch dtype a policy is loaded as on `device` (one of POLICY_DTYPES; ValueError otherwise)."""
     import torch
+
+    if dtype not in POLICY_DTYPES:
+        raise ValueError(f"unknown policy dtype {dtype!r}; choose one of {', '.join(POLICY_DTYPES)}")
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, dtype)
+
+
+def load_policy(path: str | os.PathLike[str], device: str = "cpu", dtype: str = DEFAULT_POLICY_DTYPE):
+    """Load (model, tokenizer) for decoding, weights as `policy_dtype(dtype, device)`. Any load failure becomes
+    a CheckpointError, so a bad folder offered for a hot swap is refused with a message instead of crashing a
+    replica."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    torch_dtype = policy_dtype(dtype, device)
     folder = validate_checkpoint(path) if not _is_hub_id(path) else path
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(device).eval()
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).to(device).eval()
     except Exception as exc:  # a truncated safetensors file raises many different types
         raise CheckpointError(f"checkpoint {folder} failed to load: {type(exc).__name__}: {exc}") from None
     if tokenizer.pad_token is None:
