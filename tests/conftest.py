@@ -68,6 +68,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def memorise(model, ids, lr: float, max_steps: int, stop_loss: float) -> None:
+    """Train `model` on the one token sequence `ids` (Adam) until its loss is below `stop_loss`: a model that
+    writes a known answer, so a test can see exactly where decoding departs from it."""
+    import torch
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(max_steps):
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if loss.item() < stop_loss:
+            break
+
+
 @pytest.fixture(scope="session")
 def synthetic_dir(tmp_path_factory) -> Path:
     from trainers.data.synthetic import SyntheticTaskConfig, build_synthetic_task

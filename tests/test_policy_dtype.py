@@ -14,6 +14,7 @@ from cluster.config import parse_config
 from services.config import ServingConfig
 from services.pools import build_app
 from services.sampler import Sampler
+from tests.conftest import memorise
 from trainers.core.errors import ConfigError
 from trainers.engine.cpu_linear import MIN_PACKED_WEIGHT
 from trainers.engine.decoding import DecodeRequest, decode_all
@@ -49,14 +50,7 @@ def memorised_checkpoint(base_checkpoint, tmp_path_factory) -> Path:
         vocab_size=len(tokenizer), hidden_size=384, num_hidden_layers=2, num_attention_heads=4,
         intermediate_size=512, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
     assert model.lm_head.weight.numel() >= MIN_PACKED_WEIGHT
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for _ in range(300):
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        if loss.item() < 0.005:
-            break
+    memorise(model, ids, lr=1e-3, max_steps=300, stop_loss=0.005)
     out = tmp_path_factory.mktemp("memorised")
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

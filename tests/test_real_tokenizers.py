@@ -16,6 +16,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import memorise
 from trainers.core.calculator import CalculatorError, calculate
 from trainers.data.synthetic import SyntheticTaskConfig, corpus_texts
 from trainers.engine.calculator_forcing import encode_after, plan_forcing
@@ -213,14 +214,7 @@ def test_the_engine_feeds_the_model_the_token_that_replaced_its_own(tokenizers):
     model = LlamaForCausalLM(LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
         intermediate_size=64, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-2)
-    for _ in range(150):  # memorise the one answer
-        loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        if loss.item() < 0.02:
-            break
+    memorise(model, ids, lr=3e-2, max_steps=150, stop_loss=0.02)
     model.eval()
 
     engine = DecodeEngine(model, tokenizer, max_batch=2)
