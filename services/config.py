@@ -107,7 +107,7 @@ def checks_files(info: ValidationInfo) -> bool:
 class VerifierConfig(PoolConfig):
     """The verifier pool behind `/v1/solve`'s `rerank` strategy (Liu et al. 2023): `Sampler` replicas in the
     solver's app that serve `score` with a verifier checkpoint. Its batch settings group concurrent `score`
-    calls; `max_rows_per_forward` is the scoring batch (two rows per candidate, one per label)."""
+    calls; `max_rows_per_forward` is the scoring batch (one row per candidate, both labels in it)."""
 
     path: str = Field(description="The verifier's checkpoint folder: a causal LM trained to write ` correct` or "
                                   "` incorrect` after the verifier prompt (`train_verifier`), or a policy that "

@@ -12,8 +12,8 @@ Its rows skip `@serve.batch` and go straight to the decode loop, which admits th
 with whatever is decoding (waiting for a batch to fill would only delay the first token).
 
 `score` is the verifier's entry (`trainers.engine.scoring.score_candidates`): concurrent calls are grouped by
-their own `@serve.batch` and scored together with one policy snapshot, one forward pass per candidate and
-label, on a scoring thread of their own (the event loop stays free, and the decode thread keeps decoding).
+their own `@serve.batch` and scored together with one policy snapshot, one forward pass per candidate
+(both labels), on a scoring thread of their own (the event loop stays free, and the decode thread keeps decoding).
 """
 
 from __future__ import annotations

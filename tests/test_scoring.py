@@ -56,3 +56,15 @@ def test_prompt_is_the_papers_and_mismatched_inputs_are_refused(policy) -> None:
     assert score_candidates(model, tokenizer, [], []) == []
     with pytest.raises(ValueError, match="2 problems for 1 solutions"):
         score_candidates(model, tokenizer, ["a", "b"], ["c"])
+
+
+def test_both_labels_of_every_candidate_come_from_one_forward_pass(policy) -> None:
+    model, tokenizer = policy
+    rows = []  # rows per forward call
+    handle = model.register_forward_hook(lambda module, args, kwargs, output: rows.append(len(kwargs["input_ids"])),
+                                         with_kwargs=True)
+    try:
+        scores = score_candidates(model, tokenizer, PROBLEMS, SOLUTIONS, batch_size=len(PROBLEMS))
+    finally:
+        handle.remove()
+    assert rows == [len(PROBLEMS)] and len(scores) == len(PROBLEMS)  # one row per candidate, both labels in it

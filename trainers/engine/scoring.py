@@ -6,9 +6,11 @@ sequence's log-probability (in a small vocabulary it is several tokens), and
 
     S = p(correct) / (p(correct) + p(incorrect)) = sigmoid(log p(correct) - log p(incorrect)).
 
-One forward pass per candidate per label, in right-padded batches sorted by length (so rows batched together
-pad little); padding sits after every real token, so causal attention never sees it and a row scores the same
-in any batch.
+One forward pass per candidate scores both labels: its row is `prompt + correct + incorrect`, with position ids
+that restart the second label where the first began and an attention mask that hides the first label from the
+second, so each label sees exactly the prompt and itself, as if scored alone. Rows go in right-padded batches
+sorted by length (so rows batched together pad little); padding sits after every real token and attends only to
+itself, so a row scores the same in any batch.
 """
 
 from __future__ import annotations
@@ -42,32 +44,52 @@ def score_candidates(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                         add_special_tokens=False)["input_ids"]
     labels = [tokenizer(label, add_special_tokens=False)["input_ids"] for label in LABELS]
     limit = getattr(model.config.get_text_config(), "max_position_embeddings", None) or 10**9
-    rows = [(prompt[-(limit - len(label)):], label) for prompt in prompts for label in labels]
-    logprobs = _label_logprobs(model, tokenizer, rows, max(1, int(batch_size)))
-    right, wrong = torch.tensor(logprobs[0::2]), torch.tensor(logprobs[1::2])
+    keep = limit - max(len(label) for label in labels)
+    logprobs = _label_logprobs(model, tokenizer, [prompt[-keep:] for prompt in prompts], labels,
+                               max(1, int(batch_size)))
+    right, wrong = torch.tensor(logprobs).T
     return torch.sigmoid(right - wrong).tolist()
 
 
-def _label_logprobs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                    rows: Sequence[tuple[list[int], list[int]]], batch_size: int) -> list[float]:
-    """log p(label | prompt) for each (prompt ids, label ids) row: the sum over the label's tokens."""
+def _label_logprobs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[list[int]],
+                    labels: Sequence[list[int]], batch_size: int) -> list[list[float]]:
+    """log p(label | prompt) of every label, for each prompt: the sum over the label's tokens, all labels of
+    one prompt in one row."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]) + len(rows[i][1]))
-    result = [0.0] * len(rows)
+    dtype = next(model.parameters()).dtype
+    suffix = sum(len(label) for label in labels)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    result: list[list[float]] = [[] for _ in prompts]
     for start in range(0, len(order), batch_size):
-        batch = [rows[i] for i in order[start:start + batch_size]]
-        width = max(len(p) + len(l) for p, l in batch)
+        batch = [prompts[i] for i in order[start:start + batch_size]]
+        width = max(len(p) for p in batch) + suffix
         ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for b, (prompt, label) in enumerate(batch):
-            ids[b, :len(prompt) + len(label)] = torch.tensor(prompt + label)
-            mask[b, :len(prompt) + len(label)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()  # (B, T, V)
+        positions = torch.zeros((len(batch), width), dtype=torch.long)
+        allowed = torch.eye(width, dtype=torch.bool).repeat(len(batch), 1, 1)  # padding sees itself only
+        for b, prompt in enumerate(batch):
+            n = len(prompt)
+            ids[b, :n] = torch.tensor(prompt)
+            positions[b, :n] = torch.arange(n)
+            allowed[b, :n, :n] = torch.ones(n, n, dtype=torch.bool).tril()
+            at = n
+            for label in labels:  # each label after the prompt, blind to the labels before it
+                k = len(label)
+                ids[b, at:at + k] = torch.tensor(label)
+                positions[b, at:at + k] = torch.arange(n, n + k)
+                allowed[b, at:at + k, :n] = True
+                allowed[b, at:at + k, at:at + k] = torch.ones(k, k, dtype=torch.bool).tril()
+                at += k
+        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)[:, None]
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                       position_ids=positions.to(device)).logits.float()  # (B, T, V)
         logp = torch.log_softmax(logits, dim=-1)
-        for b, (prompt, label) in enumerate(batch):
-            # the token at position t is predicted by the logits at t - 1
-            positions = torch.arange(len(prompt) - 1, len(prompt) + len(label) - 1, device=logp.device)
-            targets = torch.tensor(label, device=logp.device)
-            result[order[start + b]] = float(logp[b, positions, targets].sum())
+        for b, prompt in enumerate(batch):
+            n, at, scores = len(prompt), len(prompt), []
+            for label in labels:
+                # a label's first token is predicted at the prompt's last position, the rest inside the label
+                predictors = torch.tensor([n - 1] + list(range(at, at + len(label) - 1)), device=logp.device)
+                scores.append(float(logp[b, predictors, torch.tensor(label, device=logp.device)].sum()))
+                at += len(label)
+            result[order[start + b]] = scores
     return result
