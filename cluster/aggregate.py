@@ -101,8 +101,16 @@ def sampling_effect(run_dir: Path, iteration: int) -> dict[str, Any] | None:
             return None
         paths = {model: stages[n]["outputs"]["path"] for model, n in names.items()}
     samples = {model: read_jsonl(Path(path)) for model, path in paths.items()}
+    return {"on": "dev" if on_dev.get("status") == "done" else "in-sample",
+            **effect_of_samples(samples, sampling["dedup"], sampling["dedup_threshold"])}
+
+
+def effect_of_samples(samples: dict[str, list[dict[str, Any]]], dedup: str, threshold: float) -> dict[str, Any]:
+    """Per model (sft, dpo) and question: pass@1 and pass@k over the first k samples (k: the fewest any model
+    has), and the distinct correct rationales, deduplicated as pseudo-labels are. `samples`: model -> records
+    with question_id, sample_index, correct and completion."""
     k = min(max(r["sample_index"] for r in records) + 1 for records in samples.values())
-    effect: dict[str, Any] = {"k": k, "on": "dev" if on_dev.get("status") == "done" else "in-sample"}
+    effect: dict[str, Any] = {"k": k}
     for model, records in samples.items():
         by_question: dict[str, list[dict[str, Any]]] = {}
         for r in records:
@@ -111,12 +119,27 @@ def sampling_effect(run_dir: Path, iteration: int) -> dict[str, Any] | None:
         correct = {q: sum(bool(r["correct"]) for r in rs) for q, rs in by_question.items()}
         labels = 0
         for rs in by_question.values():
-            clusters = dedup_clusters([r["completion"] for r in rs if r["correct"]], method=sampling["dedup"],
-                                      threshold=sampling["dedup_threshold"])
+            clusters = dedup_clusters([r["completion"] for r in rs if r["correct"]], method=dedup,
+                                      threshold=threshold)
             labels += sum(1 for i, c in enumerate(clusters) if c == i)
         effect[model] = {"pass1": {q: pass_at_k(k, c, 1) for q, c in correct.items()},
                          "passk": {q: pass_at_k(k, c, k) for q, c in correct.items()}, "pseudo_labels": labels}
     return effect
+
+
+def fig6_row(effects: list[dict[str, Any]], samples: int, key: str) -> dict[str, Any]:
+    """One iteration of Fig. 6 over seeds (one `effect_of_samples` each): pass@1 and pass@k of the models
+    before and after the DPO step with 95% intervals, their paired gain, and the mean distinct correct
+    rationales each yields."""
+    row: dict[str, Any] = {"k": effects[0]["k"], "questions": len(effects[0]["sft"]["pass1"])}
+    for model in ("sft", "dpo"):
+        row[model] = {"pseudo_labels": sum(e[model]["pseudo_labels"] for e in effects) / len(effects),
+                      **{metric: interval([list(e[model][metric].values()) for e in effects], samples,
+                                          f"{key}/{model}/{metric}") for metric in ("pass1", "passk")}}
+    row["gain"] = {metric: interval([[e["dpo"][metric][q] - e["sft"][metric][q] for q in sorted(e["sft"][metric])]
+                                     for e in effects], samples, f"{key}/gain/{metric}")
+                   for metric in ("pass1", "passk")}
+    return row
 
 
 def run_gain(manifest: dict[str, Any], samples: int = 2000) -> dict[str, Any] | None:
@@ -197,16 +220,7 @@ def aggregate(experiment: ExperimentConfig, cells: list[Cell]) -> dict[str, Any]
         effects = [sampling_effect(by_cell[("dpo-st", s)], t) for s in seeds]
         if any(e is None for e in effects):
             continue
-        row: dict[str, Any] = {"iteration": t, "k": effects[0]["k"], "on": effects[0]["on"],
-                               "questions": len(effects[0]["sft"]["pass1"])}
-        for model in ("sft", "dpo"):
-            row[model] = {"pseudo_labels": sum(e[model]["pseudo_labels"] for e in effects) / len(effects),
-                          **{metric: interval([list(e[model][metric].values()) for e in effects], samples,
-                                              f"fig6/{t}/{model}/{metric}") for metric in ("pass1", "passk")}}
-        row["gain"] = {metric: interval([[e["dpo"][metric][q] - e["sft"][metric][q] for q in sorted(e["sft"][metric])]
-                                         for e in effects], samples, f"fig6/{t}/gain/{metric}")
-                       for metric in ("pass1", "passk")}
-        sampling_rows.append(row)
+        sampling_rows.append({"iteration": t, "on": effects[0]["on"], **fig6_row(effects, samples, f"fig6/{t}")})
     return {"experiment": experiment.name, "seeds": list(seeds), "test_questions": len(sft[seeds[0]]),
             "dev_questions": experiment.dev_questions, "iterations": T, "bootstrap_samples": samples,
             "results": results, "paired": paired,
