@@ -6,8 +6,10 @@ and the loop with vs without synthesized problems, paired per seed.
 
 Per seed, three runs of `--base` (default configs/synthesis.yaml) through `dpost experiment`'s cells
 (cluster/experiment.py): `sft-seed<k>` trains the shared warm-up, `dpo-st-seed<k>` runs the loop with
-synthesis off and `dpo-st-synth-seed<k>` the same loop (same warm-up, data, seeds and SFT budget) with it on.
-Finished runs are reused, so an interrupted benchmark resumes. Cost, estimated from the demo's ~10 minutes
+synthesis off and `dpo-st-synth-seed<k>` the same loop with it on (same warm-up, data and seeds, and as many
+SFT steps as the loop without it took). Finished runs are reused, so an interrupted benchmark resumes; `--without-from FOLDER` takes the warm-ups and
+the loops without synthesis from another experiment's finished cells (the demo's at 400 unlabeled questions per
+iteration is this config with synthesis off) after checking that they ran the same config. Cost, estimated from the demo's ~10 minutes
 (not measured): per seed ~5 min (warm-up), ~6 min (loop) and ~18 min (loop with synthesis: a 300-step
 synthesizer, 400 written problems, k=8 votes), so about 1.5 hours for 3 seeds on 2 otherwise idle cores.
 
@@ -23,6 +25,7 @@ synthesizer, 400 written problems, k=8 votes), so about 1.5 hours for 3 seeds on
 from __future__ import annotations
 
 import copy
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,8 +37,8 @@ setup_env()
 
 from cluster.aggregate import correctness, interval, paired_differences  # noqa: E402
 from cluster.config import parse_config, read_yaml_file  # noqa: E402
-from cluster.experiment import (ExperimentConfig, cell_raw, cell_status, run_experiment,  # noqa: E402
-                                warm_outputs)
+from cluster.experiment import (ExperimentConfig, cell_name, cell_raw, cell_status,  # noqa: E402
+                                run_experiment, warm_outputs)
 from cluster.rundir import RunDir, read_jsonl  # noqa: E402
 from trainers.synthesis.labels import VoteLabel, label_accuracy  # noqa: E402
 
@@ -51,7 +54,37 @@ def parse_args(argv: list[str] | None = None) -> Any:
     parser.add_argument("--name", default="synthesis-bench")
     parser.add_argument("--port", type=int, default=8040, help="the runs' Serve port (fixed: a resumed run's "
                                                                  "config must not change)")
+    parser.add_argument("--without-from", default=None, metavar="FOLDER",
+                        help="an experiment folder (e.g. runs/demo-seeds-pool400) whose finished sft-seed<k> and "
+                             "dpo-st-seed<k> cells are the warm-up and the loop without synthesis, used as they are "
+                             "when their config equals the one this benchmark would run (checked)")
     return parser.parse_args(argv)
+
+
+def reused_cells(folder: Path, experiment: ExperimentConfig, off: dict[str, Any]) -> dict[tuple[str, int], Path]:
+    """The sft and dpo-st cells of another experiment, after checking that they ran what ours would: the same
+    config but for the run name, storage folder and Serve settings, and synthesis settings while it is off,
+    none of which changes a result."""
+    def manifest(run_dir: Path) -> dict[str, Any]:
+        path = run_dir / "manifest.json"
+        stored = json.loads(path.read_text()) if path.exists() else {}
+        if stored.get("status") != "done":
+            raise SystemExit(f"--without-from: {run_dir} is not a finished run")
+        return stored
+
+    ignored = {"name", "storage", "serving", "synthesis"}
+    cells = {}
+    for seed in experiment.seeds:
+        sft, loop = folder / cell_name("sft", seed), folder / cell_name("dpo-st", seed)
+        manifest(sft)
+        wanted = parse_config(cell_raw(experiment, off, "dpo-st", seed, warm_outputs(sft)), check_files=False)
+        stored = parse_config(manifest(loop)["config"], check_files=False).to_dict()
+        changed = sorted(k for k, v in wanted.to_dict().items() if k not in ignored and stored.get(k) != v)
+        if changed or stored["synthesis"]["enabled"] or wanted.synthesis.enabled:
+            raise SystemExit(f"--without-from: {loop} ran another config (differs in "
+                             f"{', '.join(changed) or 'synthesis'})")
+        cells[("sft", seed)], cells[("dpo-st", seed)] = sft, loop
+    return cells
 
 
 def run_cells(args: Any, base: dict[str, Any]) -> list[tuple[int, Path, Path]]:
@@ -72,17 +105,30 @@ def run_cells(args: Any, base: dict[str, Any]) -> list[tuple[int, Path, Path]]:
             ray.init(address="local", include_dashboard=False, namespace="dpost", log_to_driver=False)
         drive(config, detached=False, show_progress=False)
 
-    cells = {(c.method, c.seed): c.run_dir for c in run_experiment(experiment, off, run_cell)}
+    if args.without_from:
+        cells = reused_cells(Path(args.without_from), experiment, off)
+    else:
+        cells = {(c.method, c.seed): c.run_dir for c in run_experiment(experiment, off, run_cell)}
     triples = []
     for seed in args.seeds:
         raw = cell_raw(experiment, off, "dpo-st", seed, warm_outputs(cells[("sft", seed)]))
         raw["name"] = f"dpo-st-synth-seed{seed}"
         raw["synthesis"] = {**(base.get("synthesis") or {}), "enabled": True}
+        # the same budget of SFT steps as the loop without synthesis: an SFT step that trains by epochs would
+        # otherwise take more steps on the larger L + S, and the comparison would mix data with compute
+        raw["training"]["sft"] = {**raw["training"]["sft"], "max_steps": sft_steps(cells[("dpo-st", seed)])}
         config = parse_config(raw, where=raw["name"])
         if cell_status(config) != "done":
             run_cell(config)
         triples.append((seed, cells[("dpo-st", seed)], config.run_dir))
     return triples
+
+
+def sft_steps(run_dir: Path) -> int:
+    """The mean number of steps of a finished loop's SFT steps (sft-1 ... sft-T)."""
+    versions = RunDir(run_dir).manifest["versions"]
+    steps = [v["global_step"] for name, v in versions.items() if name.startswith("sft-") and name != "sft-0"]
+    return round(sum(steps) / len(steps))
 
 
 def synthesis_numbers(run_dirs: list[Path]) -> dict[str, Any]:
@@ -130,7 +176,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "without_synthesis": interval([list(map(float, c.values())) for c in off], 2000, "without"),
         "with_synthesis": interval([list(map(float, c.values())) for c in on], 2000, "with"),
         "gain": interval([paired_differences(a, b) for a, b in zip(on, off)], 2000, "gain"),
-        "runs": [{"seed": s, "without": str(a), "with": str(b)} for s, a, b in triples],
+        "runs": [{"seed": s, "without": str(a), "with": str(b), "sft_steps": [sft_steps(a), sft_steps(b)]}
+                 for s, a, b in triples],
     }
     print_table("filters (written problems kept after each)", ("filter", "kept", "fraction"),
                 [(k, v, numbers["fractions"][k]) for k, v in numbers["filters"].items()])
