@@ -13,7 +13,8 @@ from services.decode_loop import DecodeLoop
 from trainers.models.checkpoints import Policy, load_policy
 from trainers.data.problems import load_problems
 from trainers.engine import decoding
-from trainers.engine.decoding import DecodeEngine, DecodeRequest, decode_all, equals_token_ids
+from trainers.engine.decoding import (PREFILL_PADDING, DecodeEngine, DecodeRequest, decode_all, equals_token_ids,
+                                     length_groups)
 from trainers.engine.kv_slots import SlotCache
 from trainers.core.prompting import format_prompt
 
@@ -102,17 +103,17 @@ def test_samples_of_one_question_share_one_prefill_and_keep_their_own_seeds(trai
     rows = [DecodeRequest(prompt=format_prompt(p.question), max_new_tokens=24, temperature=0.9, seed=k)
             for p in problems[:3] for k in range(4)]
     alone = decode_all(model, tokenizer, rows, batch_size=1)
-    prefill_rows: list[int] = []
+    prefills: list[tuple[int, int, int]] = []  # rows, width, real tokens of each prefill forward
     forward = model.forward
 
     def counting_forward(*args: Any, **kwargs: Any) -> Any:
         if kwargs["input_ids"].shape[1] > 1:
-            prefill_rows.append(kwargs["input_ids"].shape[0])
+            prefills.append((*kwargs["input_ids"].shape, int(kwargs["attention_mask"].sum())))
         return forward(*args, **kwargs)
 
     monkeypatch.setattr(model, "forward", counting_forward)
     together = decode_all(model, tokenizer, rows, batch_size=12)
-    assert prefill_rows == [3]  # one prefill, one row per distinct question
+    assert sum(rows for rows, _, _ in prefills) == 3  # one prefill row per distinct question
     assert [d.text for d in together] == [d.text for d in alone]
     assert len({d.text for d in together[:4]}) > 1  # each sample follows its own seed
 
@@ -162,3 +163,34 @@ def test_token_sets_are_per_tokenizer_and_go_with_it():
         del tokenizer
         gc.collect()
     assert len(decoding._TOKEN_SETS) == before  # nothing kept for tokenizers that are gone
+
+
+def test_prefill_groups_prompts_by_length_so_padding_stays_small():
+    lengths = [48, 12, 50, 13, 200, 49, 12, 51]
+    groups = length_groups(lengths)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    assert [sorted(lengths[i] for i in g) for g in groups] == [[12, 12, 13], [48, 49, 50, 51], [200]]
+    for g in groups:
+        assert len(g) * max(lengths[i] for i in g) <= (1 + PREFILL_PADDING) * sum(lengths[i] for i in g)
+    assert length_groups([7] * 5) == [[0, 1, 2, 3, 4]]  # equal lengths: one forward
+
+
+@pytest.mark.ray
+def test_prompts_of_very_different_lengths_are_prefilled_with_little_padding(trained, monkeypatch):
+    model, tokenizer, problems = trained
+    rows = _mixed_rows(problems)[:14]  # every 7th prompt is four questions long
+    alone = decode_all(model, tokenizer, rows, batch_size=1)
+    prefills: list[tuple[int, int, int]] = []
+    forward = model.forward
+
+    def counting_forward(*args: Any, **kwargs: Any) -> Any:
+        if kwargs["input_ids"].shape[1] > 1:
+            prefills.append((*kwargs["input_ids"].shape, int(kwargs["attention_mask"].sum())))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", counting_forward)
+    together = decode_all(model, tokenizer, rows, batch_size=14)
+    assert len(prefills) > 1 and sum(r for r, _, _ in prefills) == len(rows)
+    assert all(r * width <= (1 + PREFILL_PADDING) * real for r, width, real in prefills)
+    assert [d.text for d in together] == [d.text for d in alone]
+

@@ -141,6 +141,27 @@ class _Row:
         return int(torch.multinomial(probs, 1, generator=self.generator)[0])
 
 
+# A prefill pads every prompt to the longest in its forward; prompts are grouped by length so that padding
+# stays under this share of the real tokens (one padded forward over prompts of mixed lengths computes about
+# a third padding for word problems, as much as the useful work of many decode steps).
+PREFILL_PADDING = 0.1
+
+
+def length_groups(lengths: Sequence[int], padding: float = PREFILL_PADDING) -> list[list[int]]:
+    """Indices of `lengths` in groups of similar length, shortest first: each group padded to its longest
+    member has at most `padding` x its real tokens of padding."""
+    groups: list[list[int]] = []
+    total = 0
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if groups and (len(groups[-1]) + 1) * lengths[i] <= (1 + padding) * (total + lengths[i]):
+            groups[-1].append(i)
+            total += lengths[i]
+        else:
+            groups.append([i])
+            total = lengths[i]
+    return groups
+
+
 class DecodeEngine:
     """Continuous batching over one model: `add` rows any time, `step` until `idle`; each finished row is
     passed to its `on_done(index, Decoded)` callback."""
@@ -204,6 +225,31 @@ class DecodeEngine:
         source_of = [sources.setdefault(tuple(row.prompt_ids), len(sources)) for row, _ in admitted]
         prompts = list(sources)
         width = max(len(p) for p in prompts)
+        prefills: list[tuple[DynamicCache, int]] = [(DynamicCache(), 0)] * len(prompts)
+        last = [torch.empty(0)] * len(prompts)
+        for group in length_groups([len(p) for p in prompts]):
+            prefill, logits = self._prefill([prompts[i] for i in group])
+            for j, i in enumerate(group):
+                prefills[i], last[i] = (prefill, j), logits[j]
+        if self.cache.capacity == 0:
+            longest_new = max(row.request.max_new_tokens for row, _ in admitted)
+            self.cache.window.start = self.cache.window.end = width
+            self.cache.allocate_like(prefills[0][0], self.max_batch, width + 2 * longest_new + 2)
+        self.row_start += self.cache.make_room(width, 1)
+        end = self.cache.window.end
+        logits = torch.stack(last)[source_of].float()  # see _decode
+        for (row, on_done), source in zip(admitted, source_of):
+            n = len(prompts[source])
+            slot = len(self.active)
+            self.active.append((row, on_done))
+            self.cache.place(slot, *prefills[source], n)
+            self.row_start[slot] = end - n
+        self._fit_window()
+        self._advance(admitted, logits, logits.argmax(-1).tolist(), offset=len(self.active) - len(admitted))
+
+    def _prefill(self, prompts: list[tuple[int, ...]]) -> tuple[DynamicCache, torch.Tensor]:
+        """One forward over left-padded prompts: their cache and each one's last-position logits."""
+        width = max(len(p) for p in prompts)
         ids = torch.full((len(prompts), width), self.pad, dtype=torch.long)
         mask = torch.zeros((len(prompts), width), dtype=torch.long)
         for i, prompt in enumerate(prompts):
@@ -214,21 +260,7 @@ class DecodeEngine:
         out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                          position_ids=positions.to(self.device), past_key_values=prefill, use_cache=True,
                          **self.keep_last)
-        if self.cache.capacity == 0:
-            longest_new = max(row.request.max_new_tokens for row, _ in admitted)
-            self.cache.window.start = self.cache.window.end = width
-            self.cache.allocate_like(prefill, self.max_batch, width + 2 * longest_new + 2)
-        self.row_start += self.cache.make_room(width, 1)
-        end = self.cache.window.end
-        logits = out.logits[:, -1, :][source_of].float()  # see _decode
-        for (row, on_done), source in zip(admitted, source_of):
-            n = len(prompts[source])
-            slot = len(self.active)
-            self.active.append((row, on_done))
-            self.cache.place(slot, prefill, source, n)
-            self.row_start[slot] = end - n
-        self._fit_window()
-        self._advance(admitted, logits, logits.argmax(-1).tolist(), offset=len(self.active) - len(admitted))
+        return prefill, out.logits[:, -1, :]
 
     def _decode(self) -> None:
         rows = len(self.active)
