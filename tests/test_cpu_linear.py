@@ -1,6 +1,6 @@
 """Packed oneDNN linear weights for CPU decoding (trainers/engine/cpu_linear.py): same results as F.linear
-(float32, and bfloat16 where the CPU has bfloat16 dot products), never stale after the weights change, and out
-of the way of training."""
+(float32, and bfloat16 where the CPU has bfloat16 dot products), gate and up of a gated MLP as one product,
+never stale after the weights change, and out of the way of training."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import torch
 from torch import nn
 
 from trainers.engine.cpu_linear import MIN_PACKED_WEIGHT, pack_linears
+from transformers import LlamaConfig
+from transformers.models.llama.modeling_llama import LlamaMLP
 
 
 def _model() -> nn.Sequential:
@@ -56,3 +58,38 @@ def test_a_model_of_another_dtype_is_left_alone():
     model = _model().to(torch.float16)
     assert not pack_linears(model)
     assert "forward" not in vars(model[0])
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return LlamaMLP(LlamaConfig(hidden_size=256, intermediate_size=688))  # gate/up 256x688: above the minimum
+
+
+def test_a_gated_mlp_runs_gate_and_up_as_one_packed_product_with_the_same_results():
+    plain, fused = _mlp(), _mlp()
+    assert fused.gate_proj.weight.numel() >= MIN_PACKED_WEIGHT
+    assert pack_linears(fused) and "forward" in vars(fused)
+    calls = []
+    fused.gate_proj.register_forward_hook(lambda *a: calls.append("gate"))
+    with torch.inference_mode():
+        for shape in [(1, 256), (8, 256), (32, 1, 256), (3, 9, 256)]:
+            x = torch.randn(*shape)
+            torch.testing.assert_close(fused(x), plain(x), rtol=1e-4, atol=1e-4)
+    assert calls == ["gate"]  # only the single row (float32 F.linear's case) ran gate_proj on its own
+    assert fused._dpost_packed.shape != fused.gate_proj.weight.shape  # one packed weight for both
+
+
+def test_a_gated_mlp_repacks_after_an_in_place_change_and_still_trains():
+    mlp = _mlp()
+    pack_linears(mlp)
+    x = torch.randn(8, 256)
+    with torch.no_grad():
+        before = mlp(x)
+        mlp.up_proj.weight.mul_(2.0)
+        after = mlp(x)
+        linear = nn.functional.linear
+        expected = mlp.down_proj.weight @ (mlp.act_fn(linear(x, mlp.gate_proj.weight)) * linear(x, mlp.up_proj.weight)).T
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, expected.T, rtol=1e-4, atol=1e-4)
+    mlp(x).sum().backward()
+    assert mlp.gate_proj.weight.grad.abs().sum() > 0 and mlp.up_proj.weight.grad.abs().sum() > 0

@@ -10,9 +10,11 @@ bfloat16 dot products (AVX512-BF16 or AMX, `torch.ops.mkldnn._is_mkldnn_bf16_sup
 runs faster than bfloat16 `F.linear` there, even for a single row, and about twice as fast as the float32 one.
 
 `pack_linears(model)` gives every large `nn.Linear` of such a CPU model a forward that uses a packed copy of its
-weight (one extra copy of the linear weights in memory). It is idempotent, and safe if the model trains
-afterwards: with gradients enabled the layer runs plain `F.linear`, and a weight changed in place since it was
-packed (its tensor version moved) is packed again before use.
+weight (one extra copy of the linear weights in memory). A gated MLP (`gate_proj`, `up_proj`, `down_proj` and
+`act_fn`, as Llama, Qwen2 and Mistral have) multiplies its input by gate and up as one packed weight: one
+product twice as wide instead of two, which a decode step at realistic sizes runs faster. It is idempotent, and
+safe if the model trains afterwards: with gradients enabled every layer runs its own forward, and a weight
+changed in place since it was packed (its tensor version moved) is packed again before use.
 """
 
 from __future__ import annotations
@@ -38,16 +40,44 @@ def _packing_available(dtype: torch.dtype) -> bool:
     return dtype == torch.float32
 
 
+def _packed(x: torch.Tensor, weights: tuple[torch.Tensor, ...], bias: torch.Tensor | None, owner: nn.Module
+            ) -> torch.Tensor | None:
+    """x times the concatenation of `weights` (plus bias) through a packed copy cached on `owner`, repacked
+    when a weight's tensor version moves; None where the packed product does not pay or training needs the
+    layers' own autograd (the caller then runs the plain layers)."""
+    first = weights[0]
+    if (x.dtype != first.dtype or x.numel() < MIN_PACKED_ROWS.get(x.dtype, 2**62) * first.shape[1]
+            or (torch.is_grad_enabled() and first.requires_grad) or x.device.type != "cpu"):
+        return None
+    versions = tuple(w._version for w in weights)
+    if owner._dpost_packed_version != versions:
+        joined = torch.cat([w.detach() for w in weights]) if len(weights) > 1 else first.detach()
+        owner._dpost_packed = torch.ops.mkldnn._reorder_linear_weight(joined, 32)
+        owner._dpost_packed_version = versions
+    return torch.ops.mkldnn._linear_pointwise(x, owner._dpost_packed, bias, "none", [], "")
+
+
 def _packed_forward(self: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    weight = self.weight
-    if (x.dtype != weight.dtype or x.numel() < MIN_PACKED_ROWS.get(x.dtype, 2**62) * weight.shape[1]
-            or (torch.is_grad_enabled() and weight.requires_grad) or x.device.type != "cpu"):
-        return nn.functional.linear(x, weight, self.bias)
-    if self._dpost_packed_version != weight._version:
-        self._dpost_packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 32)
-        self._dpost_packed_version = weight._version
     bias = None if self.bias is None else self.bias.detach()
-    return torch.ops.mkldnn._linear_pointwise(x, self._dpost_packed, bias, "none", [], "")
+    out = _packed(x, (self.weight,), bias, self)
+    return nn.functional.linear(x, self.weight, self.bias) if out is None else out
+
+
+def _fused_mlp_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = _packed(x, (self.gate_proj.weight, self.up_proj.weight), None, self)
+    if out is None:
+        gate, up = self.gate_proj(x), self.up_proj(x)
+    else:
+        gate, up = out.chunk(2, dim=-1)
+    return self.down_proj(self.act_fn(gate) * up)
+
+
+def _is_gated_mlp(module: nn.Module) -> bool:
+    gate, up = getattr(module, "gate_proj", None), getattr(module, "up_proj", None)
+    return (type(gate) is nn.Linear and type(up) is nn.Linear and gate.bias is None and up.bias is None
+            and gate.weight.shape == up.weight.shape and gate.weight.numel() >= MIN_PACKED_WEIGHT
+            and isinstance(getattr(module, "down_proj", None), nn.Module)
+            and callable(getattr(module, "act_fn", None)))
 
 
 def pack_linears(model: nn.Module) -> bool:
@@ -60,8 +90,13 @@ def pack_linears(model: nn.Module) -> bool:
         return False
     for module in model.modules():
         if type(module) is nn.Linear and module.weight.numel() >= MIN_PACKED_WEIGHT:
-            module._dpost_packed_version = -1  # packed on first use
-            module._dpost_packed = None
-            module.forward = types.MethodType(_packed_forward, module)
+            forward = _packed_forward
+        elif _is_gated_mlp(module):
+            forward = _fused_mlp_forward
+        else:
+            continue
+        module._dpost_packed_version = None  # packed on first use
+        module._dpost_packed = None
+        module.forward = types.MethodType(forward, module)
     model._dpost_linears_packed = True
     return True
