@@ -32,17 +32,22 @@ def test_packed_layers_give_the_plain_layers_results_at_every_row_count():
 
 def test_a_weight_changed_in_place_is_packed_again_and_training_still_gets_gradients():
     model = _model()
+    _check_repacked_and_trainable(model, model[0].weight, torch.randn(8, 512), lambda x: model[2](
+        torch.relu(nn.functional.linear(x, model[0].weight, model[0].bias))))
+    assert model[0].weight.grad.abs().sum() > 0
+
+
+def _check_repacked_and_trainable(model: nn.Module, weight: torch.Tensor, x: torch.Tensor, plain) -> None:
+    """After `weight` changes in place (what an optimizer step does) the packed `model` computes what the
+    unpacked computation `plain` does, and a backward pass reaches the weights."""
     pack_linears(model)
-    x = torch.randn(8, 512)
     with torch.no_grad():
         before = model(x)
-        model[0].weight.mul_(2.0)  # what an optimizer step does
-        after = model(x)
-        expected = model[2](torch.relu(nn.functional.linear(x, model[0].weight, model[0].bias)))
+        weight.mul_(2.0)
+        after, expected = model(x), plain(x)
     assert not torch.allclose(before, after)
     torch.testing.assert_close(after, expected, rtol=1e-4, atol=1e-4)
     model(x).sum().backward()
-    assert model[0].weight.grad is not None and model[0].weight.grad.abs().sum() > 0
 
 
 def test_a_bfloat16_model_is_packed_where_the_cpu_has_bfloat16_dot_products_and_gives_the_same_results():
@@ -81,15 +86,7 @@ def test_a_gated_mlp_runs_gate_and_up_as_one_packed_product_with_the_same_result
 
 def test_a_gated_mlp_repacks_after_an_in_place_change_and_still_trains():
     mlp = _mlp()
-    pack_linears(mlp)
-    x = torch.randn(8, 256)
-    with torch.no_grad():
-        before = mlp(x)
-        mlp.up_proj.weight.mul_(2.0)
-        after = mlp(x)
-        linear = nn.functional.linear
-        expected = mlp.down_proj.weight @ (mlp.act_fn(linear(x, mlp.gate_proj.weight)) * linear(x, mlp.up_proj.weight)).T
-    assert not torch.allclose(before, after)
-    torch.testing.assert_close(after, expected.T, rtol=1e-4, atol=1e-4)
-    mlp(x).sum().backward()
+    linear = nn.functional.linear
+    _check_repacked_and_trainable(mlp, mlp.up_proj.weight, torch.randn(8, 256), lambda x: mlp.down_proj(
+        mlp.act_fn(linear(x, mlp.gate_proj.weight)) * linear(x, mlp.up_proj.weight)))
     assert mlp.gate_proj.weight.grad.abs().sum() > 0 and mlp.up_proj.weight.grad.abs().sum() > 0
