@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from cluster.experiment import Cell, ExperimentConfig
-from cluster.rundir import read_jsonl
+from cluster.rundir import read_jsonl, recorded_path
 from trainers.core.dedup import dedup_clusters
 from trainers.core.files import atomic_write_text
 from trainers.core.metrics import pass_at_k
@@ -79,9 +79,9 @@ def interval(per_seed: Sequence[Sequence[float]], samples: int, key: str) -> dic
 
 def correctness(run_dir: Path, version: str, key: str = "test") -> dict[str, bool]:
     """question_id -> correct for one evaluation of `version` (`key`: test, dev or test_no_calculator)."""
-    stages = json.loads((Path(run_dir) / "manifest.json").read_text())["stages"]
-    path = stages[f"eval-{version}"]["outputs"][f"{key}_path"]
-    return {r["question_id"]: bool(r["correct"]) for r in read_jsonl(Path(path))}
+    manifest = json.loads((Path(run_dir) / "manifest.json").read_text())
+    path = recorded_path(run_dir, manifest, manifest["stages"][f"eval-{version}"]["outputs"][f"{key}_path"])
+    return {r["question_id"]: bool(r["correct"]) for r in read_jsonl(path)}
 
 
 def sampling_effect(run_dir: Path, iteration: int) -> dict[str, Any] | None:
@@ -100,7 +100,7 @@ def sampling_effect(run_dir: Path, iteration: int) -> dict[str, Any] | None:
         if any(stages.get(n, {}).get("status") != "done" for n in names.values()):
             return None
         paths = {model: stages[n]["outputs"]["path"] for model, n in names.items()}
-    samples = {model: read_jsonl(Path(path)) for model, path in paths.items()}
+    samples = {model: read_jsonl(recorded_path(run_dir, manifest, path)) for model, path in paths.items()}
     return {"on": "dev" if on_dev.get("status") == "done" else "in-sample",
             **effect_of_samples(samples, sampling["dedup"], sampling["dedup_threshold"])}
 

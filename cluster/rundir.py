@@ -36,6 +36,19 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+def recorded_path(run_dir: Path, manifest: dict[str, Any], path: str) -> Path:
+    """A file path the run's manifest recorded, read from where the run folder is now: a path under the folder
+    the run was recorded in (`storage.root`/name) is re-rooted at `run_dir` when the folder has moved since."""
+    root = ((manifest.get("config") or {}).get("storage") or {}).get("root")
+    recorded, here = Path(path), Path(run_dir).resolve()
+    if not root or not manifest.get("name"):
+        return recorded
+    then = Path(root, manifest["name"]).resolve()
+    if then == here or not recorded.is_relative_to(then):
+        return recorded
+    return here / recorded.relative_to(then)
+
+
 class RunDir:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)

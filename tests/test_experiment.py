@@ -111,6 +111,22 @@ def _fake_cell(root: Path, mode: str, seed: int, solved: dict[int, int], samples
     return Cell(mode, seed, run_dir)
 
 
+def test_a_moved_run_folder_is_read_from_where_it_is_now_not_where_it_was(tmp_path):
+    from cluster.aggregate import correctness, sampling_effect
+
+    cell = _fake_cell(tmp_path / "old", "dpo-st", 0, {1: 50}, {1: (1, 2)})
+    manifest = json.loads((cell.run_dir / "manifest.json").read_text())
+    manifest.update(name=cell.run_dir.name, config={**manifest["config"], "storage": {"root": str(tmp_path / "old")}})
+    (cell.run_dir / "manifest.json").write_text(json.dumps(manifest))
+    moved = tmp_path / "archive" / cell.run_dir.name
+    moved.parent.mkdir()
+    cell.run_dir.rename(moved)
+    # a new run takes the old folder's name, with other results
+    _fake_cell(tmp_path / "old", "dpo-st", 0, {1: 150}, {1: (4, 4)})
+    assert sum(correctness(moved, "sft-1").values()) == 50
+    assert sampling_effect(moved, 1)["sft"]["pass1"]["u0"] == 0.25  # 1 right of the first k=4 (the new run: 4)
+
+
 def test_aggregate_of_a_known_matrix_gives_its_means_paired_differences_and_figures(tmp_path):
     from cluster.aggregate import write_outputs
     from cluster.experiment import ExperimentConfig
