@@ -7,11 +7,11 @@ and the loop with vs without synthesized problems, paired per seed.
 Per seed, three runs of `--base` (default configs/synthesis.yaml) through `dpost experiment`'s cells
 (cluster/experiment.py): `sft-seed<k>` trains the shared warm-up, `dpo-st-seed<k>` runs the loop with
 synthesis off and `dpo-st-synth-seed<k>` the same loop with it on (same warm-up, data and seeds, and as many
-SFT steps as the loop without it took). Finished runs are reused, so an interrupted benchmark resumes; `--without-from FOLDER` takes the warm-ups and
-the loops without synthesis from another experiment's finished cells (the demo's at 400 unlabeled questions per
-iteration is this config with synthesis off) after checking that they ran the same config. Cost, estimated from the demo's ~10 minutes
-(not measured): per seed ~5 min (warm-up), ~6 min (loop) and ~18 min (loop with synthesis: a 300-step
-synthesizer, 400 written problems, k=8 votes), so about 1.5 hours for 3 seeds on 2 otherwise idle cores.
+SFT steps as the loop without it took). Finished runs are reused, so an interrupted benchmark resumes.
+`--without-from FOLDER` takes the warm-ups and the loops without synthesis from another experiment's finished
+cells (the demo's at 400 unlabeled questions per iteration is this config with synthesis off) after checking
+that they ran the same config. Cost on 2 otherwise idle cores: the loop with synthesis about 14 minutes per
+seed (the 300-step synthesizer about 5 of them); the warm-up and the loop without it about 4 and 8 more.
 
 `benchmarks/results/synthesis.json`:
   filters            stage -> written problems kept after it, summed over seeds and iterations (`fractions`:
