@@ -77,6 +77,12 @@ def sample(job: dict[str, Any]) -> list[dict[str, Any]]:
             for it in items for i, r in enumerate(it["samples"])]
 
 
+def run_means(effect: dict[str, Any]) -> dict[str, Any]:
+    """One run's pass@1 and pass@k (%) over its questions, and its distinct correct rationales."""
+    return {**{metric: round(100 * sum(effect[metric].values()) / len(effect[metric]), 2)
+               for metric in ("pass1", "passk")}, "pseudo_labels": effect["pseudo_labels"]}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     plans = [plan(Path(r), args.iteration) for r in args.runs]
@@ -93,10 +99,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     row = fig6_row(effects, 2000, f"fig6/{args.iteration}")
     result = {"machine": machine_info(), "runs": args.runs, "iteration": args.iteration, "k": row["k"],
               "dev_questions": row["questions"], "sft": row["sft"], "dpo": row["dpo"], "gain": row["gain"],
-              "per_run": [{"run": p["run"], **{m: {"pass1": round(100 * sum(e[m]["pass1"].values()) / len(e[m]["pass1"]), 2),
-                                                   "passk": round(100 * sum(e[m]["passk"].values()) / len(e[m]["passk"]), 2),
-                                                   "pseudo_labels": e[m]["pseudo_labels"]} for m in MODELS}}
-                          for p, e in zip(plans, effects)]}
+              "per_run": [{"run": p["run"], **{m: run_means(e[m]) for m in MODELS}} for p, e in zip(plans, effects)]}
     k = row["k"]
 
     def ci(r: dict[str, float]) -> str:
