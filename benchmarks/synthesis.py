@@ -131,6 +131,11 @@ def sft_steps(run_dir: Path) -> int:
     return round(sum(steps) / len(steps))
 
 
+def wall_seconds(run_dir: Path) -> float:
+    manifest = RunDir(run_dir).manifest
+    return round(manifest["finished"] - manifest["started"], 1)
+
+
 def synthesis_numbers(run_dirs: list[Path]) -> dict[str, Any]:
     """Filter counts and vote labels of every `it<t>-synthesized` / `it<t>-votes` stage of the runs."""
     filters: dict[str, int] = {}
@@ -176,8 +181,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "without_synthesis": interval([list(map(float, c.values())) for c in off], 2000, "without"),
         "with_synthesis": interval([list(map(float, c.values())) for c in on], 2000, "with"),
         "gain": interval([paired_differences(a, b) for a, b in zip(on, off)], 2000, "gain"),
-        "runs": [{"seed": s, "without": str(a), "with": str(b), "sft_steps": [sft_steps(a), sft_steps(b)]}
-                 for s, a, b in triples],
+        "runs": [{"seed": s, "without": str(a), "with": str(b), "sft_steps": [sft_steps(a), sft_steps(b)],
+                  "wall_seconds": [wall_seconds(a), wall_seconds(b)]} for s, a, b in triples],
     }
     print_table("filters (written problems kept after each)", ("filter", "kept", "fraction"),
                 [(k, v, numbers["fractions"][k]) for k, v in numbers["filters"].items()])
