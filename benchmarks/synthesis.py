@@ -35,7 +35,7 @@ from benchmarks.common import PhaseTimer, base_parser, finish, machine_info, pri
 
 setup_env()
 
-from cluster.aggregate import correctness, interval, paired_differences  # noqa: E402
+from cluster.aggregate import correctness, interval, paired_differences, run_wall_seconds  # noqa: E402
 from cluster.config import parse_config, read_yaml_file  # noqa: E402
 from cluster.experiment import (ExperimentConfig, cell_name, cell_raw, cell_status,  # noqa: E402
                                 run_experiment, warm_outputs)
@@ -131,11 +131,6 @@ def sft_steps(run_dir: Path) -> int:
     return round(sum(steps) / len(steps))
 
 
-def wall_seconds(run_dir: Path) -> float:
-    manifest = RunDir(run_dir).manifest
-    return round(manifest["finished"] - manifest["started"], 1)
-
-
 def synthesis_numbers(run_dirs: list[Path]) -> dict[str, Any]:
     """Filter counts and vote labels of every `it<t>-synthesized` / `it<t>-votes` stage of the runs."""
     filters: dict[str, int] = {}
@@ -182,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "with_synthesis": interval([list(map(float, c.values())) for c in on], 2000, "with"),
         "gain": interval([paired_differences(a, b) for a, b in zip(on, off)], 2000, "gain"),
         "runs": [{"seed": s, "without": str(a), "with": str(b), "sft_steps": [sft_steps(a), sft_steps(b)],
-                  "wall_seconds": [wall_seconds(a), wall_seconds(b)]} for s, a, b in triples],
+                  "wall_seconds": [run_wall_seconds(a), run_wall_seconds(b)]} for s, a, b in triples],
     }
     print_table("filters (written problems kept after each)", ("filter", "kept", "fraction"),
                 [(k, v, numbers["fractions"][k]) for k, v in numbers["filters"].items()])

@@ -243,13 +243,15 @@ def demo_summary(experiment: ExperimentConfig, cells: list[Cell]) -> dict[str, A
             "gain_ci_high": g["ci_high"], "wall_seconds": round(sum(walls) / len(walls), 1)}
 
 
+def run_wall_seconds(run_dir: Path) -> float:
+    """A run's wall time, first start to finish (restarts included; 0 before it starts)."""
+    m = json.loads((Path(run_dir) / "manifest.json").read_text())
+    return round(m.get("finished", m.get("started", 0)) - m.get("started", 0), 1)
+
+
 def _wall_seconds(cells: list[Cell]) -> float:
-    """Total wall time of the cells' runs (first start to finish, restarts included)."""
-    total = 0.0
-    for c in cells:
-        m = json.loads((c.run_dir / "manifest.json").read_text())
-        total += m.get("finished", m.get("started", 0)) - m.get("started", 0)
-    return round(total, 1)
+    """Total wall time of the cells' runs."""
+    return round(sum(run_wall_seconds(c.run_dir) for c in cells), 1)
 
 
 def write_outputs(experiment: ExperimentConfig, cells: list[Cell]) -> dict[str, Any]:
