@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "with_synthesis": interval([list(map(float, c.values())) for c in on], 2000, "with"),
         "gain": interval([paired_differences(a, b) for a, b in zip(on, off)], 2000, "gain"),
         "runs": [{"seed": s, "without": str(a), "with": str(b), "sft_steps": [sft_steps(a), sft_steps(b)],
-                  "wall_seconds": [run_wall_seconds(a), run_wall_seconds(b)]} for s, a, b in triples],
+                  "wall_seconds": [round(run_wall_seconds(r), 1) for r in (a, b)]} for s, a, b in triples],
     }
     print_table("filters (written problems kept after each)", ("filter", "kept", "fraction"),
                 [(k, v, numbers["fractions"][k]) for k, v in numbers["filters"].items()])

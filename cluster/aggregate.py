@@ -246,7 +246,7 @@ def demo_summary(experiment: ExperimentConfig, cells: list[Cell]) -> dict[str, A
 def run_wall_seconds(run_dir: Path) -> float:
     """A run's wall time, first start to finish (restarts included; 0 before it starts)."""
     m = json.loads((Path(run_dir) / "manifest.json").read_text())
-    return round(m.get("finished", m.get("started", 0)) - m.get("started", 0), 1)
+    return m.get("finished", m.get("started", 0)) - m.get("started", 0)
 
 
 def _wall_seconds(cells: list[Cell]) -> float:
