@@ -5,7 +5,8 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.dpost-installed
-# DeepSpeed JIT-builds its CPU comm op on first use; keep the build in the venv so it happens once.
+# DeepSpeed JIT-builds its CPU comm op on first use, and dpost its CPU decode-attention kernel (in setup); keep
+# the builds in the venv so each happens once.
 export TORCH_EXTENSIONS_DIR := $(CURDIR)/$(VENV)/torch_extensions
 export OMP_NUM_THREADS := 1
 export TOKENIZERS_PARALLELISM := false
@@ -17,6 +18,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/python -m trainers.engine.decode_attention
 	touch $(STAMP)
 
 setup: $(STAMP)

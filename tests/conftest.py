@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 
 from services.config import apply_serve_env
+from trainers.jit import extensions_dir
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 apply_serve_env()  # the Serve settings users get, before any test starts a cluster
-os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "dpost" / "torch_extensions"))
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", extensions_dir())
 
 GSM8K_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k"
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -22,7 +22,7 @@ import inspect
 import weakref
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
@@ -30,6 +30,8 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from trainers.core.answers import final_answer_end
 from trainers.engine.calculator_forcing import plan_forcing
 from trainers.engine.cpu_linear import pack_linears
+from trainers.engine.decode_attention import NAME as DECODE_ATTENTION
+from trainers.engine.decode_attention import use_decode_attention
 from trainers.engine.kv_slots import SlotCache
 
 
@@ -173,6 +175,7 @@ class DecodeEngine:
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, max_batch: int = 32) -> None:
         self.model = model
         pack_linears(model)  # float32 or bfloat16 on the CPU: oneDNN's packed weights
+        use_decode_attention(model)  # on the CPU: a decode step's attention reads only each row's own columns
         self.tokenizer = tokenizer
         self.device = model.device  # inputs go where the weights are; bookkeeping stays on the CPU
         self.max_batch = max(1, int(max_batch))
@@ -184,7 +187,7 @@ class DecodeEngine:
         self.active: list[tuple[_Row, Callable[[int, Decoded], None]]] = []  # slot i holds active[i]
         self.row_start = torch.zeros(self.max_batch, dtype=torch.long)
         self.cache = SlotCache(model.config.get_text_config().num_hidden_layers)
-        self.bool_mask = model.config._attn_implementation == "sdpa"
+        self.bool_mask = model.config._attn_implementation in ("sdpa", DECODE_ATTENTION)
         params = inspect.signature(model.forward).parameters
         self.keep_last = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
         self.steps = 0
@@ -263,8 +266,19 @@ class DecodeEngine:
         return prefill, out.logits[:, -1, :]
 
     def _decode(self) -> None:
-        rows = len(self.active)
         self.row_start += self.cache.make_room(0, 1)
+        out = self.model(**self._decode_inputs())
+        self.cache.window.end += 1
+        self.steps += 1
+        # float32 (a no-op for a float32 model): a bfloat16 argmax over the vocabulary is the slower kernel on
+        # the CPU, and sampling reads float32 probabilities anyway; the choice is the same (exact conversion)
+        logits = out.logits[:, -1, :].float()
+        self._advance(list(self.active), logits, logits.argmax(-1).tolist(), offset=0)
+
+    def _decode_inputs(self) -> dict[str, Any]:
+        """The model's inputs for one decode step: each live row's newest token, written at column
+        `window.end`, attending over the window columns it owns."""
+        rows = len(self.active)
         window = self.cache.window
         ids = torch.tensor([[row.tokens[-1]] for row, _ in self.active], dtype=torch.long)
         starts = self.row_start[:rows, None]
@@ -274,15 +288,9 @@ class DecodeEngine:
         else:  # eager attention adds the mask to the scores
             mask = torch.zeros(owned.shape, dtype=self.model.dtype).masked_fill_(
                 ~owned, torch.finfo(self.model.dtype).min)[:, None, None, :]
-        out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                         position_ids=(window.end - starts).to(self.device), past_key_values=self.cache,
-                         use_cache=True, **self.keep_last)
-        window.end += 1
-        self.steps += 1
-        # float32 (a no-op for a float32 model): a bfloat16 argmax over the vocabulary is the slower kernel on
-        # the CPU, and sampling reads float32 probabilities anyway; the choice is the same (exact conversion)
-        logits = out.logits[:, -1, :].float()
-        self._advance(list(self.active), logits, logits.argmax(-1).tolist(), offset=0)
+        return {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device),
+                "position_ids": (window.end - starts).to(self.device), "past_key_values": self.cache,
+                "use_cache": True, **self.keep_last}
 
     def _advance(self, rows: list[tuple[_Row, Callable[[int, Decoded], None]]], logits: torch.Tensor,
                  greedy: list[int], offset: int) -> None:

@@ -18,7 +18,6 @@ The embedded defaults are for a from-scratch tiny model, which needs far higher 
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -250,7 +249,3 @@ def deepspeed_config(zero_stage: int, use_gpu: bool) -> dict[str, Any]:
         "steps_per_print": 10**9,
     }
 
-
-def default_extensions_dir() -> str:
-    """DeepSpeed JIT-builds its CPU comm op once per environment; keep the build where it survives."""
-    return os.environ.get("TORCH_EXTENSIONS_DIR") or str(Path.home() / ".cache" / "dpost" / "torch_extensions")

@@ -22,8 +22,9 @@ from typing import Any, Callable
 
 from transformers import TrainerCallback
 
+from trainers.jit import extensions_dir
 from trainers.training.config import (STAGES, DPOStageConfig, SFTStageConfig, TrainStageConfig,
-                                      VerifierStageConfig, default_extensions_dir)
+                                      VerifierStageConfig)
 
 FINAL_MARKER = "dpost_final.json"
 
@@ -91,7 +92,7 @@ def _fit(kind: str, config: TrainStageConfig, progress: StepProgress | None) -> 
 # ---------------------------------------------------------------------------------------------- in a worker
 
 def _worker_loop(loop_config: dict[str, Any]) -> None:
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", default_extensions_dir())
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", extensions_dir())
     _ignore_library_deprecations()
     import torch
 

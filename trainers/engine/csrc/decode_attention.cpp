@@ -1,0 +1,112 @@
+// One decode step's attention on the CPU: each row has a single query, and every (row, head) is computed by
+// one loop over the cache columns the row's mask keeps, reading each key and value once. Batched matrix
+// products instead pay a GEMV call per (row, head) and read the masked columns too.
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace {
+
+template <typename T>
+void attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
+            at::Tensor& out, double scale) {
+  const int64_t rows = q.size(0), heads = q.size(1), dim = q.size(2);
+  const int64_t kv_heads = k.size(1), width = k.size(2), group = heads / kv_heads;
+  const T* qp = q.data_ptr<T>();
+  const T* kp = k.data_ptr<T>();
+  const T* vp = v.data_ptr<T>();
+  const bool* mp = mask.data_ptr<bool>();
+  float* op = out.data_ptr<float>();
+  const int64_t qs0 = q.stride(0), qs1 = q.stride(1), ms0 = mask.stride(0), ms1 = mask.stride(1);
+  const int64_t ks0 = k.stride(0), ks1 = k.stride(1), ks2 = k.stride(2);
+  const int64_t vs0 = v.stride(0), vs1 = v.stride(1), vs2 = v.stride(2);
+  // masked columns score this (finite: the file is built with -ffast-math, so that exp vectorizes); their
+  // probability underflows to 0 and the value pass skips them anyway
+  const float skipped = -1e30f;
+  const int64_t ahead = 8;  // columns
+  const int64_t per_line = std::max<int64_t>(1, 64 / static_cast<int64_t>(sizeof(T)));  // values per cache line
+  at::parallel_for(0, rows * heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(width), query(dim), acc(dim);
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t r = i / heads, h = i % heads, kv = h / group;
+      const bool* keep = mp + r * ms0;
+      const T* qr = qp + r * qs0 + h * qs1;
+      for (int64_t d = 0; d < dim; ++d) query[d] = static_cast<float>(qr[d]) * static_cast<float>(scale);
+      const T* kr = kp + r * ks0 + kv * ks1;
+      float top = skipped;
+      bool any = false;
+      const T* vr = vp + r * vs0 + kv * vs1;
+      for (int64_t w = 0; w < width; ++w) {
+        // a step's key/value buffers do not fit in the CPU's caches: request the keys a few columns ahead,
+        // and the values, which the pass after this one reads
+        const int64_t next = std::min(w + ahead, width - 1);
+        for (int64_t line = 0; line < dim; line += per_line) {
+          __builtin_prefetch(kr + next * ks2 + line);
+          __builtin_prefetch(vr + w * vs2 + line);
+        }
+        float s = skipped;
+        if (keep[w * ms1]) {
+          const T* kw = kr + w * ks2;
+          s = 0.f;
+#pragma omp simd reduction(+ : s)
+          for (int64_t d = 0; d < dim; ++d) s += query[d] * static_cast<float>(kw[d]);
+          top = any ? std::max(top, s) : s;
+          any = true;
+        }
+        scores[w] = s;
+      }
+      float* sp = scores.data();
+#pragma omp simd
+      for (int64_t w = 0; w < width; ++w) sp[w] = std::exp(sp[w] - top);
+      std::fill(acc.begin(), acc.end(), 0.f);
+      float total = 0.f;
+      for (int64_t w = 0; w < width; ++w) {
+        if (!keep[w * ms1]) continue;
+        const float p = sp[w];
+        total += p;
+        const T* vw = vr + w * vs2;
+#pragma omp simd
+        for (int64_t d = 0; d < dim; ++d) acc[d] += p * static_cast<float>(vw[d]);
+      }
+      // a row that keeps no column attends to nothing: zeros
+      const float inv = total > 0.f ? 1.f / total : 0.f;
+      float* o = op + i * dim;
+      for (int64_t d = 0; d < dim; ++d) o[d] = acc[d] * inv;
+    }
+  });
+}
+
+}  // namespace
+
+// q [rows, heads, dim]; k, v [rows, kv_heads, width, dim] (any strides but a contiguous last dim, so a window
+// of a larger cache is read in place); keep [rows, width] bool. Returns [rows, heads, dim] in q's dtype.
+at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& keep,
+                            double scale) {
+  TORCH_CHECK(q.dim() == 3 && k.dim() == 4 && v.dim() == 4 && keep.dim() == 2,
+              "expected q [rows, heads, dim], k and v [rows, kv_heads, width, dim], keep [rows, width]");
+  TORCH_CHECK(q.device().is_cpu() && k.device().is_cpu() && v.device().is_cpu() && keep.device().is_cpu(),
+              "CPU tensors only");
+  TORCH_CHECK(q.scalar_type() == k.scalar_type() && k.scalar_type() == v.scalar_type(), "q, k, v differ in dtype");
+  TORCH_CHECK(keep.scalar_type() == at::kBool, "keep must be bool");
+  TORCH_CHECK(k.sizes() == v.sizes() && k.size(0) == q.size(0) && k.size(3) == q.size(2) &&
+                  q.size(1) % k.size(1) == 0 && keep.size(0) == q.size(0) && keep.size(1) == k.size(2),
+              "shapes do not match");
+  TORCH_CHECK(q.stride(2) == 1 && k.stride(3) == 1 && v.stride(3) == 1, "the last dim must be contiguous");
+  auto out = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
+  if (q.scalar_type() == at::kFloat) {
+    attend<float>(q, k, v, keep, out, scale);
+  } else if (q.scalar_type() == at::kBFloat16) {
+    attend<at::BFloat16>(q, k, v, keep, out, scale);
+  } else {
+    TORCH_CHECK(false, "float32 or bfloat16 only");
+  }
+  return out.scalar_type() == q.scalar_type() ? out : out.to(q.scalar_type());
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("decode_attention", &decode_attention, "one decode step's attention over a masked cache window");
+}
