@@ -24,6 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from trainers.jit import extensions_dir
 
@@ -59,8 +62,6 @@ def decode_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: 
                              **kwargs: Any) -> tuple[torch.Tensor, None]:
     """transformers' attention-function signature: query [rows, heads, q_len, dim], key and value [rows,
     kv_heads, width, dim]; returns [rows, q_len, heads, dim]."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     if (query.shape[2] == 1 and query.device.type == "cpu" and attention_mask is not None
             and attention_mask.dtype == torch.bool and attention_mask.dim() == 4
             and attention_mask.shape[1] == attention_mask.shape[2] == 1 and attention_mask.shape[-1] == key.shape[2]
@@ -79,9 +80,6 @@ def decode_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: 
 
 def register() -> None:
     """Make `NAME` an attention implementation transformers knows, with SDPA's mask preparation."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
-
     AttentionInterface.register(NAME, decode_attention_forward)
     ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
 
