@@ -40,14 +40,12 @@ def setup_env() -> None:
     from services.config import apply_serve_env
 
     apply_serve_env()
-    venv_cache = REPO / ".venv" / "torch_extensions"
-    if "TORCH_EXTENSIONS_DIR" not in os.environ:
-        if venv_cache.is_dir():
-            os.environ["TORCH_EXTENSIONS_DIR"] = str(venv_cache)
-        else:
-            os.environ["TORCH_EXTENSIONS_DIR"] = str(Path.home() / ".cache" / "dpost" / "torch_extensions")
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))
+    from trainers.jit import extensions_dir
+
+    venv_cache = REPO / ".venv" / "torch_extensions"  # where `make setup` built them
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(venv_cache) if venv_cache.is_dir() else extensions_dir())
 
 
 # ---------------------------------------------------------------------------------------------- arguments

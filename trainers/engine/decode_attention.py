@@ -70,8 +70,7 @@ def decode_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: 
         compiled = kernel()
         if compiled is not None:
             scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-            rows = attention_mask.shape[0]
-            keep = attention_mask[:, 0, 0, :].expand(query.shape[0], -1) if rows == 1 else attention_mask[:, 0, 0, :]
+            keep = attention_mask[:, 0, 0, :].expand(query.shape[0], -1)  # a one-row mask serves every row
             out = compiled.decode_attention(query[:, :, 0].contiguous(), key, value, keep, float(scale))
             return out.unsqueeze(1), None
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,

@@ -228,8 +228,8 @@ class DecodeEngine:
         source_of = [sources.setdefault(tuple(row.prompt_ids), len(sources)) for row, _ in admitted]
         prompts = list(sources)
         width = max(len(p) for p in prompts)
-        prefills: dict[int, tuple[DynamicCache, int]] = {}  # prompt -> (its group's cache, its row there)
-        last: dict[int, torch.Tensor] = {}  # prompt -> its last position's logits
+        prefills: list[tuple[DynamicCache, int]] = [(DynamicCache(), 0)] * len(prompts)  # (its group's cache, row)
+        last = [torch.empty(0)] * len(prompts)  # each prompt's last position's logits
         for group in length_groups([len(p) for p in prompts]):
             prefill, logits = self._prefill([prompts[i] for i in group])
             for j, i in enumerate(group):
@@ -240,7 +240,7 @@ class DecodeEngine:
             self.cache.allocate_like(prefills[0][0], self.max_batch, width + 2 * longest_new + 2)
         self.row_start += self.cache.make_room(width, 1)
         end = self.cache.window.end
-        logits = torch.stack([last[i] for i in range(len(prompts))])[source_of].float()  # see _decode
+        logits = torch.stack(last)[source_of].float()  # see _decode
         for (row, on_done), source in zip(admitted, source_of):
             n = len(prompts[source])
             slot = len(self.active)
