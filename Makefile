@@ -5,9 +5,8 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.dpost-installed
-# DeepSpeed JIT-builds its CPU comm op on first use, and dpost its CPU decode-attention kernel (in setup); keep
-# the builds in the venv so each happens once.
-export TORCH_EXTENSIONS_DIR := $(CURDIR)/$(VENV)/torch_extensions
+# DeepSpeed JIT-builds its CPU comm op on first use, and dpost its CPU decode-attention kernel (in setup), into
+# the venv's own torch_extensions folder (trainers/jit.py), so `make` and a plain `.venv/bin/dpost` share them.
 export OMP_NUM_THREADS := 1
 export TOKENIZERS_PARALLELISM := false
 export RAY_DEDUP_LOGS := 0

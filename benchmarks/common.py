@@ -44,8 +44,7 @@ def setup_env() -> None:
         sys.path.insert(0, str(REPO))
     from trainers.jit import extensions_dir
 
-    venv_cache = REPO / ".venv" / "torch_extensions"  # where `make setup` built them
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(venv_cache) if venv_cache.is_dir() else extensions_dir())
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", extensions_dir())
 
 
 # ---------------------------------------------------------------------------------------------- arguments
