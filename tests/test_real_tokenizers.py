@@ -201,6 +201,33 @@ def test_forcing_holds_for_random_annotations_and_model_spellings(tokenizers, ki
     check_forcing(tokenizer, head + opening, expr, script)
 
 
+def drive_unfiltered(tokenizer, script: list[int]) -> tuple[list[int], list[dict[str, str]]]:
+    """What `drive` gives when `plan_forcing` runs after every token that writes an '='."""
+    eq_ids = equals_token_ids(tokenizer)
+    for end in range(1, len(script) + 1):
+        if script[end - 1] in eq_ids and (forcing := plan_forcing(tokenizer, script[:end])) is not None:
+            return script[:end - 1] + forcing.ids, [{"expr": forcing.expr, "result": forcing.result}]
+    return script, []
+
+
+MARKED = st.lists(st.sampled_from(["<<", "<", ">>", ">", "=", "1", "23", "+", "*", " ", "$", "\n", "4.5"]),
+                  min_size=1, max_size=16).map("".join)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=MARKED, data=st.data())
+def test_tracking_open_annotations_skips_no_forcing(tokenizers, kind, text, data):
+    """A row runs `plan_forcing` only for an '=' written while its text may hold an open `<<`; on any text of
+    '<', '>', '=' and numbers, spelled in any tokens, it forces exactly what checking every '=' forces."""
+    tokenizer = tokenizers[kind]
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(text) - 1)), max_size=6), label="cuts"))
+    script = [i for a, b in zip([0, *cuts], [*cuts, len(text)])
+              for i in tokenizer.encode(text[a:b], add_special_tokens=False)]
+    tokens, calc, _ = drive(tokenizer, script)
+    assert (tokens, calc.overrides) == drive_unfiltered(tokenizer, script)
+
+
 def test_the_engine_feeds_the_model_the_token_that_replaced_its_own(tokenizers):
     """Through the real engine: a tiny Llama that learned to write `=$` inside an annotation has its `=$`
     replaced by `=` and the result. What it writes after the forced `>>` is its greedy choice after the row's

@@ -63,11 +63,23 @@ def encode_after(tokenizer: PreTrainedTokenizerBase, before: str, continuation: 
     """Ids that write `continuation` after the text `before`: the tail of the tokenizer's encoding of
     `before + continuation` when that encoding has a token boundary where `before` ends, else
     `continuation` encoded on its own."""
-    full = tokenizer.encode(before + continuation, add_special_tokens=False)
+    full = encode(tokenizer, before + continuation)
     for start in range(len(full) - 1, -1, -1):
         tail = tokenizer.decode(full[start:])
         if tail == continuation:
             return full[start:]
         if len(tail) > len(continuation):
             break
-    return tokenizer.encode(continuation, add_special_tokens=False)
+    return encode(tokenizer, continuation)
+
+
+def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """`tokenizer.encode(text, add_special_tokens=False)`. A fast tokenizer's Rust backend is called directly
+    (a forced result is encoded inside the decode loop, where the Python wrapper's per-call work is most of the
+    calculator's cost), unless the backend holds truncation, padding or special-token settings a wrapper
+    call would have reset."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if (backend is not None and backend.truncation is None and backend.padding is None
+            and backend.encode_special_tokens == bool(getattr(tokenizer, "split_special_tokens", False))):
+        return backend.encode(text, add_special_tokens=False).ids
+    return tokenizer.encode(text, add_special_tokens=False)

@@ -84,14 +84,32 @@ def equals_token_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
     return token_ids_where(tokenizer, lambda t: "=" in t, "has-equals")
 
 
+def angle_token_texts(tokenizer: PreTrainedTokenizerBase) -> dict[int, str]:
+    """The text of every token that writes a '<' or '>', and '' for every token that writes nothing in a
+    decoded row (special tokens): what a row's annotation state is tracked from (cached per tokenizer)."""
+    sets = _TOKEN_SETS.setdefault(tokenizer, {})
+    if "angle-texts" not in sets:
+        texts = ((i, tokenizer.decode([i], skip_special_tokens=True)) for i in tokenizer.get_vocab().values())
+        sets["angle-texts"] = {i: t for i, t in texts if not t or "<" in t or ">" in t}  # type: ignore[assignment]
+    return sets["angle-texts"]  # type: ignore[return-value]
+
+
 class RowCalculator:
     """One row's calculator: when its newest token closes `<<expr=`, the row writes `result>>` the way the
-    tokenizer encodes it (`calculator_forcing.py`): the newest token may be replaced, the rest is queued."""
+    tokenizer encodes it (`calculator_forcing.py`): the newest token may be replaced, the rest is queued.
+
+    Most `=` a row writes are outside annotations (`48/2 = <<48/2=24>>`). The row tracks, from its tokens'
+    '<' and '>' characters, whether its text holds a `<<` with no `>>` after it (what `pending_expression`
+    looks for), so `plan_forcing`, which decodes and encodes the row's text, runs only for an `=` that may
+    close an open annotation."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, enabled: bool = True) -> None:
         self.tokenizer = tokenizer
         self.enabled = enabled
         self.eq_token_ids = equals_token_ids(tokenizer)
+        self.angle_texts = angle_token_texts(tokenizer)
+        self.open = False  # the committed text has a `<<` with no `>>` after it
+        self.last_angle = ""  # its last character when that is '<' or '>', else ""
         self.queue: deque[int] = deque()
         self.overrides: list[dict[str, str]] = []
 
@@ -101,14 +119,29 @@ class RowCalculator:
     def observe(self, generated: list[int]) -> None:
         """Called after each new token of the row's generated ids, before the model is fed that token: so
         the calculator may still replace it (`generated[-1]`)."""
-        if not self.enabled or self.queue or not generated or generated[-1] not in self.eq_token_ids:
+        if not self.enabled or not generated:
             return
-        forcing = plan_forcing(self.tokenizer, generated)
-        if forcing is None:
+        newest = generated[-1]
+        if not self.queue and newest in self.eq_token_ids and (self.open or "<" in self.angle_texts.get(newest, "")):
+            forcing = plan_forcing(self.tokenizer, generated)
+            if forcing is not None:
+                generated[-1] = forcing.ids[0]
+                self.queue.extend(forcing.ids[1:])
+                self.overrides.append({"expr": forcing.expr, "result": forcing.result})
+        self._track(generated[-1])
+
+    def _track(self, token: int) -> None:
+        text = self.angle_texts.get(token)
+        if text is None:  # text without '<' or '>': no mark can span it
+            self.last_angle = ""
             return
-        generated[-1] = forcing.ids[0]
-        self.queue.extend(forcing.ids[1:])
-        self.overrides.append({"expr": forcing.expr, "result": forcing.result})
+        for char in text:  # '' (a special token) changes nothing: the decoded row does not hold it
+            if char in "<>":
+                if char == self.last_angle:
+                    self.open = char == "<"
+                self.last_angle = char
+            else:
+                self.last_angle = ""
 
 
 class _Row:
