@@ -110,6 +110,7 @@ class RowCalculator:
         self.angle_texts = angle_token_texts(tokenizer)
         self.open = False  # the committed text has a `<<` with no `>>` after it
         self.last_angle = ""  # its last character when that is '<' or '>', else ""
+        self.tracked = 0  # how many of the row's tokens the two fields above have seen
         self.queue: deque[int] = deque()
         self.overrides: list[dict[str, str]] = []
 
@@ -121,6 +122,8 @@ class RowCalculator:
         the calculator may still replace it (`generated[-1]`)."""
         if not self.enabled or not generated:
             return
+        for token in generated[self.tracked:-1]:  # tokens added since the last call but the newest (none when
+            self._track(token)                      # called after every token, as the engine does)
         newest = generated[-1]
         if not self.queue and newest in self.eq_token_ids and (self.open or "<" in self.angle_texts.get(newest, "")):
             forcing = plan_forcing(self.tokenizer, generated)
@@ -129,6 +132,7 @@ class RowCalculator:
                 self.queue.extend(forcing.ids[1:])
                 self.overrides.append({"expr": forcing.expr, "result": forcing.result})
         self._track(generated[-1])
+        self.tracked = len(generated)
 
     def _track(self, token: int) -> None:
         text = self.angle_texts.get(token)
