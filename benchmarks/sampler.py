@@ -501,12 +501,6 @@ def _dtype_name(model: Any) -> str:
     return str(model.dtype).removeprefix("torch.")
 
 
-def _median(values: Sequence[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
-
-
 def vs_vllm_model(args: Any, name: str, checkpoint: Path, problems: Sequence[Any], work: Path) -> list[dict]:
     """One model's rows of the comparison: per batch, dpost (calculator off/on) and vLLM on the same ids, in
     `--vs-rounds` rounds that alternate which side goes first; each round's ratio compares cells timed back
@@ -588,17 +582,17 @@ def vs_vllm_model(args: Any, name: str, checkpoint: Path, problems: Sequence[Any
             out.append({
                 "model": name, "checkpoint": str(checkpoint), "dtype": spec["dtype"], "batch": batch,
                 "calculator": calc, "prompts": counts[batch], "rounds": len(rounds),
-                "dpost_tps": round(_median(tps), 2), "dpost_runs": tps,
-                "vllm_tps": round(_median([c["tokens_per_s"] for c in vllm_cells]), 2) if vllm_cells else None,
-                "ratio": round(_median(ratios), 3) if ratios else None,
+                "dpost_tps": round(median(tps), 2), "dpost_runs": tps,
+                "vllm_tps": round(median([c["tokens_per_s"] for c in vllm_cells]), 2) if vllm_cells else None,
+                "ratio": round(median(ratios), 3) if ratios else None,
                 "ratio_range": [round(min(ratios), 3), round(max(ratios), 3)] if ratios else None,
-                "dpost_tokens_per_cpu_s": round(_median(cpu), 2),
-                "vllm_tokens_per_cpu_s": (round(_median([c["tokens_per_cpu_s"] for c in vllm_cells]), 2)
+                "dpost_tokens_per_cpu_s": round(median(cpu), 2),
+                "vllm_tokens_per_cpu_s": (round(median([c["tokens_per_cpu_s"] for c in vllm_cells]), 2)
                                           if vllm_cells else None),
-                "cpu_ratio": round(_median(cpu_ratios), 3) if cpu_ratios else None,
+                "cpu_ratio": round(median(cpu_ratios), 3) if cpu_ratios else None,
                 "cpu_ratio_range": [round(min(cpu_ratios), 3), round(max(cpu_ratios), 3)] if cpu_ratios else None,
-                "calculator_overhead_pct": round(_median(overhead), 2),
-                "calculator_overhead_cpu_pct": round(_median(cpu_overhead), 2),
+                "calculator_overhead_pct": round(median(overhead), 2),
+                "calculator_overhead_cpu_pct": round(median(cpu_overhead), 2),
                 "calculator_overrides": overrides.get(batch, 0) if calc else 0, "same_text_share": same,
                 "vllm_runs": [{k: v for k, v in c.items() if k != "texts"} for c in vllm_cells],
                 "vllm_startup_s": peer.info.get("startup_s") if peer else None,
