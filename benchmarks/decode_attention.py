@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from torch.nn import functional as F  # noqa: E402
 
 # (name, layers, heads, kv heads, head dim): the demo's `small` preset and `llama-100m`
-SHAPES = [("demo", 4, 4, 4, 32), ("llama-100m", 12, 12, 12, 64)]
+SHAPES = [("demo", 4, 4, 4, 32), ("llama-100m", 12, 12, 4, 64)]
 
 
 def per_layer_us(step, layers: int, repeats: int) -> float:

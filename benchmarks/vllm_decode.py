@@ -7,7 +7,10 @@ imports nothing from the repository. SPEC holds `model` (an HF folder), `prompt_
 dpost's tokenizer encodes them, so both sides decode exactly the same inputs), `batches` (the largest is
 vLLM's `max_num_seqs`, the slot count dpost's engine gets), `max_new_tokens`, `min_cell_s`,
 `threads`, `enforce_eager`, `dtype` (vLLM's `dtype=`: float32 or bfloat16, the dtype dpost's side loads;
-float32 when absent), and `rows` (how many of the prompts each batch size decodes). One engine serves every
+float32 when absent), `rows` (how many of the prompts each batch size decodes) and `prefix_caching` (false when
+absent: every pass and round decodes the same prompts again, and with vLLM's prefix cache on, every pass
+after the first would skip most of their prefill, which dpost's engine, keeping no cache across requests,
+does not; the loop and the solver never send a prompt again in a later request). One engine serves every
 batch size and every round, so start-up is paid once.
 
 It starts the engine, prints `READY {...}` (start-up seconds, versions), then decodes one timed cell per
@@ -72,7 +75,7 @@ def main() -> None:
     max_seqs = max(spec["batches"])
     llm = LLM(model=spec["model"], dtype=spec.get("dtype", "float32"), max_num_seqs=max_seqs,
               max_model_len=longest, enforce_eager=bool(spec.get("enforce_eager", False)),
-              seed=0, disable_log_stats=True)
+              enable_prefix_caching=bool(spec.get("prefix_caching", False)), seed=0, disable_log_stats=True)
     torch.set_num_threads(threads)
     params = SamplingParams(temperature=0.0, max_tokens=spec["max_new_tokens"])
     inputs = [{"prompt_token_ids": ids} for ids in prompts]

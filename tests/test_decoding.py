@@ -173,11 +173,13 @@ def test_token_sets_are_per_tokenizer_and_go_with_it():
 
 def test_prefill_groups_prompts_by_length_so_padding_stays_small():
     lengths = [48, 12, 50, 13, 200, 49, 12, 51]
-    groups = length_groups(lengths)
-    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    groups = length_groups(lengths, padding=0.1)
     assert [sorted(lengths[i] for i in g) for g in groups] == [[12, 12, 13], [48, 49, 50, 51], [200]]
-    for g in groups:
-        assert len(g) * max(lengths[i] for i in g) <= (1 + PREFILL_PADDING) * sum(lengths[i] for i in g)
+    for padding in (0.1, PREFILL_PADDING, 0.0):
+        groups = length_groups(lengths, padding)
+        assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+        for g in groups:
+            assert len(g) * max(lengths[i] for i in g) <= (1 + padding) * sum(lengths[i] for i in g)
     assert length_groups([7] * 5) == [[0, 1, 2, 3, 4]]  # equal lengths: one forward
 
 

@@ -3,8 +3,9 @@
 In a decode step each row has one query. SDPA and batched matmul then run one tiny matrix-vector product per
 (row, head) over the whole shared cache window (`kv_slots.py`), masked columns included; on the CPU that is
 the largest cost of a step (a third of it at 0.9M parameters, about 40% at 100M). `csrc/decode_attention.cpp`
-computes each (row, head) in one loop over the columns the row's mask keeps, reading each key and value once:
-2-4x faster than SDPA at those shapes, float32 and bfloat16, grouped-query attention included.
+computes each (row, key/value head) in one loop over the span of columns the row's mask keeps, for all the
+query heads that share that key/value head at once, so each key and value is read once: several times faster
+than SDPA at those shapes, float32 and bfloat16, grouped-query attention included.
 
 `use_decode_attention(model)` switches a CPU model to the attention registered here as `dpost_cpu_decode`: a
 step with one query per row and a boolean mask (what `DecodeEngine` passes) runs the kernel; everything else

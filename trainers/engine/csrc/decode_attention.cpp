@@ -1,6 +1,7 @@
-// One decode step's attention on the CPU: each row has a single query, and every (row, head) is computed by
-// one loop over the cache columns the row's mask keeps, reading each key and value once. Batched matrix
-// products instead pay a GEMV call per (row, head) and read the masked columns too.
+// One decode step's attention on the CPU: each row has a single query, and every (row, key/value head) is
+// computed by one loop over the cache columns the row's mask keeps, for all the query heads that share it,
+// reading each key and value once. Batched matrix products instead pay a GEMV call per (row, query head)
+// and read the masked columns too.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -29,53 +30,70 @@ void attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const
   const float skipped = -1e30f;
   const int64_t ahead = 8;  // columns
   const int64_t per_line = std::max<int64_t>(1, 64 / static_cast<int64_t>(sizeof(T)));  // values per cache line
-  at::parallel_for(0, rows * heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores(width), query(dim), acc(dim);
+  // one (row, kv head) per task: the `group` query heads that share a key/value head read each of its columns
+  // once together, instead of once per query head
+  at::parallel_for(0, rows * kv_heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores(group * width), query(group * dim), acc(group * dim), total(group);
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t r = i / heads, h = i % heads, kv = h / group;
+      const int64_t r = i / kv_heads, kv = i % kv_heads;
       const bool* keep = mp + r * ms0;
-      const T* qr = qp + r * qs0 + h * qs1;
-      for (int64_t d = 0; d < dim; ++d) query[d] = static_cast<float>(qr[d]) * static_cast<float>(scale);
+      // continuous batching masks a prefix of each row's window (columns before its first): only the span
+      // from the first to the last kept column is read at all
+      int64_t lo = 0, hi = width;
+      while (lo < width && !keep[lo * ms1]) ++lo;
+      while (hi > lo && !keep[(hi - 1) * ms1]) --hi;
+      for (int64_t g = 0; g < group; ++g) {
+        const T* qr = qp + r * qs0 + (kv * group + g) * qs1;
+        for (int64_t d = 0; d < dim; ++d) query[g * dim + d] = static_cast<float>(qr[d]) * static_cast<float>(scale);
+      }
       const T* kr = kp + r * ks0 + kv * ks1;
-      float top = skipped;
-      bool any = false;
       const T* vr = vp + r * vs0 + kv * vs1;
-      for (int64_t w = 0; w < width; ++w) {
+      for (int64_t w = lo; w < hi; ++w) {
         // a step's key/value buffers do not fit in the CPU's caches: request the keys a few columns ahead,
         // and the values, which the pass after this one reads
-        const int64_t next = std::min(w + ahead, width - 1);
+        const int64_t next = std::min(w + ahead, hi - 1);
         for (int64_t line = 0; line < dim; line += per_line) {
           __builtin_prefetch(kr + next * ks2 + line);
           __builtin_prefetch(vr + w * vs2 + line);
         }
-        float s = skipped;
-        if (keep[w * ms1]) {
-          const T* kw = kr + w * ks2;
-          s = 0.f;
+        const T* kw = kr + w * ks2;
+        const bool kept = keep[w * ms1];
+        for (int64_t g = 0; g < group; ++g) {
+          const float* qg = query.data() + g * dim;
+          float s = 0.f;
+          if (kept) {
 #pragma omp simd reduction(+ : s)
-          for (int64_t d = 0; d < dim; ++d) s += query[d] * static_cast<float>(kw[d]);
-          top = any ? std::max(top, s) : s;
-          any = true;
+            for (int64_t d = 0; d < dim; ++d) s += qg[d] * static_cast<float>(kw[d]);
+          }
+          scores[g * width + w] = kept ? s : skipped;
         }
-        scores[w] = s;
       }
-      float* sp = scores.data();
+      for (int64_t g = 0; g < group; ++g) {
+        float* sg = scores.data() + g * width;
+        float best = skipped;
+        for (int64_t w = lo; w < hi; ++w) best = std::max(best, sg[w]);
 #pragma omp simd
-      for (int64_t w = 0; w < width; ++w) sp[w] = std::exp(sp[w] - top);
+        for (int64_t w = lo; w < hi; ++w) sg[w] = std::exp(sg[w] - best);
+      }
       std::fill(acc.begin(), acc.end(), 0.f);
-      float total = 0.f;
-      for (int64_t w = 0; w < width; ++w) {
+      std::fill(total.begin(), total.end(), 0.f);
+      for (int64_t w = lo; w < hi; ++w) {
         if (!keep[w * ms1]) continue;
-        const float p = sp[w];
-        total += p;
         const T* vw = vr + w * vs2;
+        for (int64_t g = 0; g < group; ++g) {
+          const float p = scores[g * width + w];
+          total[g] += p;
+          float* ag = acc.data() + g * dim;
 #pragma omp simd
-        for (int64_t d = 0; d < dim; ++d) acc[d] += p * static_cast<float>(vw[d]);
+          for (int64_t d = 0; d < dim; ++d) ag[d] += p * static_cast<float>(vw[d]);
+        }
       }
       // a row that keeps no column attends to nothing: zeros
-      const float inv = total > 0.f ? 1.f / total : 0.f;
-      float* o = op + i * dim;
-      for (int64_t d = 0; d < dim; ++d) o[d] = acc[d] * inv;
+      for (int64_t g = 0; g < group; ++g) {
+        const float inv = total[g] > 0.f ? 1.f / total[g] : 0.f;
+        float* o = op + (r * heads + kv * group + g) * dim;
+        for (int64_t d = 0; d < dim; ++d) o[d] = acc[g * dim + d] * inv;
+      }
     }
   });
 }
