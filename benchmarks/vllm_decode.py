@@ -8,9 +8,9 @@ dpost's tokenizer encodes them, so both sides decode exactly the same inputs), `
 vLLM's `max_num_seqs`, the slot count dpost's engine gets), `max_new_tokens`, `min_cell_s`,
 `threads`, `enforce_eager`, `dtype` (vLLM's `dtype=`: float32 or bfloat16, the dtype dpost's side loads;
 float32 when absent), `rows` (how many of the prompts each batch size decodes) and `prefix_caching` (false when
-absent: every pass and round decodes the same prompts again, and with vLLM's prefix cache on, every pass
-after the first would skip most of their prefill, which dpost's engine, keeping no cache across requests,
-does not; the loop and the solver never send a prompt again in a later request). One engine serves every
+absent: every pass and round decodes the same prompts again; vLLM's CPU build caches only full 128-token
+blocks, which word problems seldom fill, but longer prompts would skip their prefill on every pass after the
+first, which dpost's engine, keeping no cache across requests, does not). One engine serves every
 batch size and every round, so start-up is paid once.
 
 It starts the engine, prints `READY {...}` (start-up seconds, versions), then decodes one timed cell per
