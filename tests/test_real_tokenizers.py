@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from tests.conftest import memorise
 from trainers.core.calculator import CalculatorError, calculate
 from trainers.data.synthetic import SyntheticTaskConfig, corpus_texts
+from trainers.engine import fast_tokenizer
 from trainers.engine.calculator_forcing import encode_after, plan_forcing
 from trainers.engine.decoding import DecodeEngine, Decoded, DecodeRequest, RowCalculator, equals_token_ids
 from trainers.models.scratch import (PRESETS, TOKENIZER_KINDS, build_preset_tokenizer, build_tokenizer,
@@ -226,6 +227,43 @@ def test_tracking_open_annotations_skips_no_forcing(tokenizers, kind, text, data
               for i in tokenizer.encode(text[a:b], add_special_tokens=False)]
     tokens, calc, _ = drive(tokenizer, script)
     assert (tokens, calc.overrides) == drive_unfiltered(tokenizer, script)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=MARKED, extra=st.lists(st.integers(0, 3999), max_size=6), skip=st.booleans())
+def test_the_loops_tokenizer_calls_give_what_transformers_gives(tokenizers, kind, text, extra, skip):
+    """`fast_tokenizer.encode`/`decode` call the Rust backend directly; they give what the transformers calls
+    give (special tokens and any ids included)."""
+    tokenizer = tokenizers[kind]
+    ids = tokenizer.encode(text, add_special_tokens=False) + extra + [tokenizer.eos_token_id]
+    assert fast_tokenizer.encode(tokenizer, text) == tokenizer.encode(text, add_special_tokens=False)
+    assert (fast_tokenizer.decode(tokenizer, ids, skip_special_tokens=skip)
+            == tokenizer.decode(ids, skip_special_tokens=skip))
+
+
+@pytest.fixture(scope="module")
+def wordpiece(gsm8k_texts):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece(cleanup=False)  # the clean-up is left to transformers
+    backend.train_from_iterator(gsm8k_texts, trainers.WordPieceTrainer(vocab_size=2000,
+                                                                       special_tokens=["[UNK]", "[SEP]"]))
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", sep_token="[SEP]",
+                                   clean_up_tokenization_spaces=True)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=MARKED, skip=st.booleans())
+def test_decoding_falls_back_where_only_transformers_cleans_up_spaces(wordpiece, text, skip):
+    """A WordPiece tokenizer decodes `4.5` as `4 . 5`, which transformers' clean-up turns into `4. 5`."""
+    ids = wordpiece.encode(text, add_special_tokens=False) + [wordpiece.sep_token_id]
+    assert wordpiece.clean_up_tokenization_spaces
+    assert (fast_tokenizer.decode(wordpiece, ids, skip_special_tokens=skip)
+            == wordpiece.decode(ids, skip_special_tokens=skip))
 
 
 def test_the_engine_feeds_the_model_the_token_that_replaced_its_own(tokenizers):

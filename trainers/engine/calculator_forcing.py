@@ -25,6 +25,7 @@ from typing import Sequence
 from transformers import PreTrainedTokenizerBase
 
 from trainers.core.calculator import CalculatorError, calculate, pending_expression
+from trainers.engine.fast_tokenizer import decode, encode
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,8 @@ def plan_forcing(tokenizer: PreTrainedTokenizerBase, generated: Sequence[int]) -
     `<<expr=` in it, or an expression the safe calculator refuses)."""
     if not generated:
         return None
-    before = tokenizer.decode(generated[:-1], skip_special_tokens=True)
-    text = tokenizer.decode(generated, skip_special_tokens=True)
+    before = decode(tokenizer, generated[:-1], skip_special_tokens=True)
+    text = decode(tokenizer, generated, skip_special_tokens=True)
     if not text.startswith(before):  # a multi-token character: no '=' was just written
         return None
     for cut in range(len(text), len(before), -1):  # the newest token's '='s, last first
@@ -65,21 +66,9 @@ def encode_after(tokenizer: PreTrainedTokenizerBase, before: str, continuation: 
     `continuation` encoded on its own."""
     full = encode(tokenizer, before + continuation)
     for start in range(len(full) - 1, -1, -1):
-        tail = tokenizer.decode(full[start:])
+        tail = decode(tokenizer, full[start:])
         if tail == continuation:
             return full[start:]
         if len(tail) > len(continuation):
             break
     return encode(tokenizer, continuation)
-
-
-def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
-    """`tokenizer.encode(text, add_special_tokens=False)`. A fast tokenizer's Rust backend is called directly
-    (a forced result is encoded inside the decode loop, where the Python wrapper's per-call work is most of the
-    calculator's cost), unless the backend holds truncation, padding or special-token settings a wrapper
-    call would have reset."""
-    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
-    if (backend is not None and backend.truncation is None and backend.padding is None
-            and backend.encode_special_tokens == bool(getattr(tokenizer, "split_special_tokens", False))):
-        return backend.encode(text, add_special_tokens=False).ids
-    return tokenizer.encode(text, add_special_tokens=False)

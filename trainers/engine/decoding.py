@@ -32,6 +32,7 @@ from trainers.engine.calculator_forcing import plan_forcing
 from trainers.engine.cpu_linear import pack_linears
 from trainers.engine.decode_attention import NAME as DECODE_ATTENTION
 from trainers.engine.decode_attention import use_decode_attention
+from trainers.engine.fast_tokenizer import decode
 from trainers.engine.kv_slots import SlotCache
 
 
@@ -367,7 +368,7 @@ class DecodeEngine:
         return None
 
     def _text(self, row: _Row) -> str:
-        return self.tokenizer.decode(row.tokens, skip_special_tokens=True)
+        return decode(self.tokenizer, row.tokens, skip_special_tokens=True)
 
     def _mark_forced(self, row: _Row) -> None:
         """Note where the calculator's `result>>` goes in the visible text: right after `<<expr=`, which the
