@@ -320,6 +320,7 @@ def merge(path: Path, measured: dict[str, dict[str, Any]], machine: dict[str, An
                                                       "ratio_range", "dpost_tokens_per_cpu_s", "vllm_tokens_per_cpu_s",
                                                       "cpu_ratio", "cpu_ratio_range", "rounds",
                                                       "calculator_overhead_pct", "calculator_overhead_cpu_pct",
+                                                      "calculator_own_pct",
                                                       "same_text_share", "prompts")}
                                for r in result["rows"]]
             details["vs-vllm"] = result

@@ -147,6 +147,20 @@ def test_calculator_keeps_every_value_in_bounds(expr: str) -> None:
         compute(expr)
 
 
+def test_calculate_remembers_results_but_not_refusals(monkeypatch: pytest.MonkeyPatch) -> None:
+    expr, refused = "1234*5678+17", "1234/(5678-5678)"
+    assert calculate(expr) == "7006669"
+    with pytest.raises(CalculatorError):
+        calculate(refused)
+    parsed: list[str] = []
+    parse = calculator.ast.parse
+    monkeypatch.setattr(calculator.ast, "parse", lambda text, *a, **k: parsed.append(text) or parse(text, *a, **k))
+    assert calculate(expr) == "7006669" and parsed == []  # remembered: not parsed again
+    with pytest.raises(CalculatorError):
+        calculate(refused)
+    assert parsed == [refused]  # a refusal is decided afresh every time
+
+
 def test_calculator_checks_length_before_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_parse(*args: object, **kwargs: object) -> None:
         raise AssertionError("ast.parse must not see an over-long expression")
@@ -201,7 +215,7 @@ def test_calculator_never_runs_code_on_hostile_input(monkeypatch: pytest.MonkeyP
         for expr in HOSTILE:
             with pytest.raises(CalculatorError):
                 compute(expr)
-        assert calculate("48/2") == "24"  # the guards themselves do not break the happy path
+        assert compute("48/2") == 24  # the guards themselves do not break the happy path
     assert calls == []
     assert list(tmp_path.iterdir()) == []
 
