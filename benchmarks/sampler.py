@@ -536,6 +536,7 @@ def vs_vllm_model(args: Any, name: str, checkpoint: Path, problems: Sequence[Any
     """One model's rows of the comparison: per batch, dpost (calculator off/on) and vLLM on the same ids, in
     `--vs-rounds` rounds that alternate which side goes first; each round's ratio compares cells timed back
     to back, and a row reports the median over rounds with the lowest and highest round."""
+    from trainers.core.calculator import calculate
     from trainers.engine.decoding import DecodeRequest, decode_all
     from trainers.engine.rows import DecodeParams, make_requests
     from trainers.models.checkpoints import load_policy
@@ -567,6 +568,7 @@ def vs_vllm_model(args: Any, name: str, checkpoint: Path, problems: Sequence[Any
     def dpost_cell(batch: int, calc: bool) -> tuple[float, float, float]:
         """(tokens/s, tokens per CPU second, the calculator's own share of the cell's wall time in %)."""
         def one_pass() -> tuple[int, Any]:
+            calculate.cache_clear()  # every pass decodes the same prompts: each pays for its expressions
             decoded = decode_all(model, tokenizer, requests[(batch, calc)], batch_size=batch)
             return sum(d.num_tokens for d in decoded), decoded
 

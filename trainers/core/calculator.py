@@ -144,16 +144,13 @@ def format_result(value: int | float) -> str:
     return f"{rounded:.4f}".rstrip("0").rstrip(".")
 
 
-def calculate(expr: str) -> str:
-    """`compute` then `format_result`: the text the decoder writes after `<<expr=`. Remembered per expression:
-    the samples of one question mostly write the same expressions (about half of a sampling stage's are
-    repeats), and parsing is most of the calculator's cost inside the decode loop."""
-    return _calculate(expr) if isinstance(expr, str) else format_result(compute(expr))
-
-
 @functools.lru_cache(maxsize=65536)
-def _calculate(expr: str) -> str:
-    return format_result(compute(expr))  # a refused expression raises, and is not remembered
+def calculate(expr: str) -> str:
+    """`compute` then `format_result`: the text the decoder writes after `<<expr=`. Remembered per expression
+    (`calculate.cache_clear()` forgets): the samples of one question mostly write the same expressions (about
+    half of a sampling stage's are repeats), and parsing is most of the calculator's cost inside the decode
+    loop. A refused expression raises, and is not remembered."""
+    return format_result(compute(expr))
 
 
 def pending_expression(text: str) -> str | None:
