@@ -5,13 +5,14 @@ from __future__ import annotations
 import ast
 import builtins
 import contextlib
+import re
 import statistics
 import time
 from pathlib import Path
 from typing import Iterator
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from trainers.core import calculator
@@ -389,3 +390,36 @@ def test_code_execution_guard_would_catch_an_evaluating_calculator() -> None:
         builtins._dpost_sentinel()  # type: ignore[attr-defined]
     assert calls == ["eval/exec", "eval/exec", "compile", "sentinel"]
     assert eval("1+1") == 2  # and everything is restored afterwards
+
+
+def _outcome(expr: str) -> tuple[str, object]:
+    try:
+        value = compute(expr)
+        return type(value).__name__, value
+    except CalculatorError as exc:
+        return "refused", str(exc)
+
+
+_PLAIN = st.one_of(st.integers(0, 10**17).map(str), st.from_regex(r"0[0-9]{1,3}", fullmatch=True))
+_BLANK = st.sampled_from(["", " ", "\t", "  "])
+
+
+@settings(max_examples=400, deadline=None)
+@given(left=_PLAIN, op=st.sampled_from("+-*/"), right=_PLAIN, blanks=st.tuples(_BLANK, _BLANK, _BLANK, _BLANK))
+@example(left="10000000000000000", op="*", right="0", blanks=("", "", "", ""))  # an operand out of range
+@example(left="08", op="+", right="1", blanks=("", "", "", ""))  # the parser's leading-zero error
+@example(left="7", op="/", right="0", blanks=(" ", " ", " ", " "))
+def test_plain_two_number_expressions_skip_the_parser_with_the_parsers_result(left, op, right, blanks) -> None:
+    """`a op b` with plain integers is computed without ast.parse: same value and type, same refusals (leading
+    zeros, values out of range, division by zero) as the parser's tree walk."""
+    expr = f"{blanks[0]}{left}{blanks[1]}{op}{blanks[2]}{right}{blanks[3]}"
+    fast = _outcome(expr)
+    simple = calculator._SIMPLE
+    calculator._SIMPLE = re.compile(r"(?!)")  # never matches: every expression takes the parser
+    try:
+        parsed = _outcome(expr)
+    finally:
+        calculator._SIMPLE = simple
+    assert fast == parsed
+    if not (left.startswith("0") and left != "0") and not (right.startswith("0") and right != "0"):
+        assert calculator._SIMPLE.fullmatch(expr.strip())  # the fast path was the one taken

@@ -20,7 +20,7 @@ from tests.conftest import memorise
 from trainers.core.calculator import CalculatorError, calculate
 from trainers.data.synthetic import SyntheticTaskConfig, corpus_texts
 from trainers.engine import fast_tokenizer
-from trainers.engine.calculator_forcing import encode_after, plan_forcing
+from trainers.engine.calculator_forcing import _tails, encode_after, plan_forcing
 from trainers.engine.decoding import DecodeEngine, Decoded, DecodeRequest, RowCalculator, equals_token_ids
 from trainers.models.scratch import (PRESETS, TOKENIZER_KINDS, build_preset_tokenizer, build_tokenizer,
                                      model_config)
@@ -316,3 +316,97 @@ def test_single_digit_rows_are_forced_as_before_one_token_per_digit():
             assert all(len(tokenizer.decode([i])) == 1 for i in tokens[kept + 1:-1])
             checked += 1
     assert checked > 80
+
+
+SPACED = st.lists(st.sampled_from(["<<", ">>", "=", "$", "1", "23", "4567", "+", "*", "(", ")", " ", "  ", "\n",
+                                   " \n", "\t", "So", " she", "'s", ".", ",", "é", "x"]),
+                  min_size=1, max_size=20).map("".join)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=SPACED, more=SPACED)
+def test_encoding_from_the_space_cut_gives_the_whole_texts_ids(tokenizers, kind, text, more):
+    """The calculator encodes only a row's end (`space_cut`): for every preset kind, the ids of the text up to
+    the cut followed by the ids from it are the ids of the whole text, whatever comes after."""
+    tokenizer = tokenizers[kind]
+    enc = lambda s: tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
+    assert fast_tokenizer.cuts_at_spaces(tokenizer)
+    cut = fast_tokenizer.space_cut(tokenizer, text)
+    assert cut == 0 or (text[cut] == " " and not text[cut - 1].isspace())
+    assert enc(text[:cut]) + enc(text[cut:] + more) == enc(text + more)
+
+
+def test_tokenizers_that_may_join_across_a_space_are_encoded_whole(tokenizers, wordpiece):
+    """A pre-tokenizer outside the known ones (here pieces of two words), a normalizer, or WordPiece's
+    splitting: no cut, the whole row is encoded. Cutting anyway would change ids."""
+    from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    def variant(change) -> PreTrainedTokenizerFast:
+        backend = Tokenizer.from_str(tokenizers["gpt2"].backend_tokenizer.to_str())
+        change(backend)
+        return PreTrainedTokenizerFast(tokenizer_object=backend, clean_up_tokenization_spaces=False)
+
+    joined = variant(lambda b: setattr(b, "pre_tokenizer", pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"\S+(?: \S+)?"), behavior="isolated"), pre_tokenizers.ByteLevel(use_regex=False)])))
+    normalized = variant(lambda b: setattr(b, "normalizer", normalizers.NFKC()))
+    for tokenizer in (joined, normalized, wordpiece):
+        assert not fast_tokenizer.cuts_at_spaces(tokenizer) and fast_tokenizer.space_cut(tokenizer, "a b c") == 0
+    # what the guard prevents: `He So 12` is `He So` + ` ` + `12` to this tokenizer, ` So 12` is ` ` + `So 12`
+    text, more = "He So", " 12"
+    enc = lambda s: joined.encode(s, add_special_tokens=False)  # noqa: E731
+    cut = text.rfind(" ")
+    assert enc(text[:cut]) + enc(text[cut:] + more) != enc(text + more)
+
+
+@pytest.fixture(scope="module")
+def metaspace(gsm8k_texts):
+    """A SentencePiece-style BPE (Metaspace pre-tokenizer and decoder, as in T5 or Mistral's tokenizers): its
+    decode is not its tokens' bytes joined, and it is not one of the known space-led splitters, so the
+    calculator decodes and encodes whole rows for it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="never")
+    backend.decoder = decoders.Metaspace(prepend_scheme="never")
+    backend.train_from_iterator(gsm8k_texts, trainers.BpeTrainer(vocab_size=3000, special_tokens=["</s>"]))
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", clean_up_tokenization_spaces=False)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(head=HEADS, opening=OPENINGS, expr=expressions(), after=AFTERS, data=st.data())
+def test_forcing_holds_for_a_tokenizer_without_byte_level_pieces(metaspace, head, opening, expr, after, data):
+    """The same property for the SentencePiece-style tokenizer, which takes the calculator's general path."""
+    assert fast_tokenizer.piece_texts(metaspace) is None and not fast_tokenizer.cuts_at_spaces(metaspace)
+    written = f"{head}{opening}{expr}={after}"
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(written) - 1), max_size=4), label="cuts"))
+    script = [i for a, b in zip([0, *cuts], [*cuts, len(written)])
+              for i in metaspace.encode(written[a:b], add_special_tokens=False)]
+    check_forcing(metaspace, head + opening, expr, script)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_byte_level_tokens_texts_join_to_the_decoded_text(tokenizers, kind):
+    """`piece_texts`: for the presets' byte-level tokenizers, ids whose texts are all listed decode to their
+    texts joined; a token holding part of a character is not listed."""
+    tokenizer = tokenizers[kind]
+    texts = fast_tokenizer.piece_texts(tokenizer)
+    assert texts is not None and tokenizer.eos_token_id not in texts
+    assert any(tokenizer.decode([i]) == "\ufffd" for i in range(len(tokenizer)) if i not in texts)
+    ids = tokenizer.encode("Natalia sold 48/2 = <<48/2=24>>24 clips. Café: $1,200 — ½\n#### 72",
+                           add_special_tokens=False)
+    listed = [i for i in ids if i in texts]
+    assert len(listed) < len(ids) and tokenizer.decode(listed) == "".join(texts[i] for i in listed)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=SPACED)
+def test_the_tails_the_calculator_compares_are_the_decoded_tails(tokenizers, metaspace, kind, text):
+    """What `encode_after` compares with the continuation: the text of each tail of the ids, joined from the
+    tokens' texts or decoded, is what decoding that tail gives."""
+    for tokenizer in (tokenizers[kind], metaspace):
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        assert list(_tails(tokenizer, ids)) == [(s, tokenizer.decode(ids[s:])) for s in range(len(ids) - 1, -1, -1)]

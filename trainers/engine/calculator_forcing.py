@@ -20,12 +20,12 @@ place the row's ids may differ from the tokenizer's encoding of its text.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from transformers import PreTrainedTokenizerBase
 
 from trainers.core.calculator import CalculatorError, calculate, pending_expression
-from trainers.engine.fast_tokenizer import decode, encode
+from trainers.engine.fast_tokenizer import decode, encode, piece_texts, space_cut
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,12 @@ def plan_forcing(tokenizer: PreTrainedTokenizerBase, generated: Sequence[int]) -
     `<<expr=` in it, or an expression the safe calculator refuses)."""
     if not generated:
         return None
-    before = decode(tokenizer, generated[:-1], skip_special_tokens=True)
     text = decode(tokenizer, generated, skip_special_tokens=True)
+    newest = (piece_texts(tokenizer) or {}).get(generated[-1])
+    if newest is not None and text.endswith(newest):  # the row's text is its tokens' texts joined
+        before = text[:len(text) - len(newest)]
+    else:
+        before = decode(tokenizer, generated[:-1], skip_special_tokens=True)
     if not text.startswith(before):  # a multi-token character: no '=' was just written
         return None
     for cut in range(len(text), len(before), -1):  # the newest token's '='s, last first
@@ -63,12 +67,26 @@ def plan_forcing(tokenizer: PreTrainedTokenizerBase, generated: Sequence[int]) -
 def encode_after(tokenizer: PreTrainedTokenizerBase, before: str, continuation: str) -> list[int]:
     """Ids that write `continuation` after the text `before`: the tail of the tokenizer's encoding of
     `before + continuation` when that encoding has a token boundary where `before` ends, else
-    `continuation` encoded on its own."""
-    full = encode(tokenizer, before + continuation)
-    for start in range(len(full) - 1, -1, -1):
-        tail = decode(tokenizer, full[start:])
+    `continuation` encoded on its own. Only `before`'s end is encoded where the tokenizer allows it
+    (`space_cut`): the ids are the same, and encoding the whole row was most of a forcing's cost."""
+    full = encode(tokenizer, before[space_cut(tokenizer, before):] + continuation)
+    for start, tail in _tails(tokenizer, full):
         if tail == continuation:
             return full[start:]
         if len(tail) > len(continuation):
             break
     return encode(tokenizer, continuation)
+
+
+def _tails(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> Iterator[tuple[int, str]]:
+    """(start, the text of ids[start:]) for start from the last id down: joined from the tokens' own texts
+    where `piece_texts` lists them all, else decoded."""
+    texts = piece_texts(tokenizer)
+    if texts is not None and all(i in texts for i in ids):
+        tail = ""
+        for start in range(len(ids) - 1, -1, -1):
+            tail = texts[ids[start]] + tail
+            yield start, tail
+    else:
+        for start in range(len(ids) - 1, -1, -1):
+            yield start, decode(tokenizer, ids[start:])

@@ -123,16 +123,20 @@ class RowCalculator:
         the calculator may still replace it (`generated[-1]`)."""
         if not self.enabled or not generated:
             return
-        for token in generated[self.tracked:-1]:  # tokens added since the last call but the newest (none when
-            self._track(token)                      # called after every token, as the engine does)
+        if self.tracked < len(generated) - 1:  # tokens added since the last call but the newest (none when
+            for token in generated[self.tracked:-1]:  # called after every token, as the engine does)
+                self._track(token)
         newest = generated[-1]
         if not self.queue and newest in self.eq_token_ids and (self.open or "<" in self.angle_texts.get(newest, "")):
             forcing = plan_forcing(self.tokenizer, generated)
             if forcing is not None:
-                generated[-1] = forcing.ids[0]
+                generated[-1] = newest = forcing.ids[0]
                 self.queue.extend(forcing.ids[1:])
                 self.overrides.append({"expr": forcing.expr, "result": forcing.result})
-        self._track(generated[-1])
+        if newest in self.angle_texts:  # runs for every token of every row: most write no '<' or '>'
+            self._track(newest)
+        else:
+            self.last_angle = ""
         self.tracked = len(generated)
 
     def _track(self, token: int) -> None:

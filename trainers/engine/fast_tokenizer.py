@@ -9,9 +9,13 @@ tokenizer holds a setting only the wrapper applies; then they call the wrapper.
 
 from __future__ import annotations
 
+import json
+import weakref
 from typing import Sequence
 
 from transformers import PreTrainedTokenizerBase
+
+from trainers.models.scratch import LLAMA3_PATTERN
 
 
 def _backend(tokenizer: PreTrainedTokenizerBase):
@@ -35,3 +39,80 @@ def decode(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int], skip_special_
     if backend is not None and not getattr(tokenizer, "clean_up_tokenization_spaces", True):
         return backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
     return tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+
+_PIECE_TEXTS: weakref.WeakKeyDictionary[PreTrainedTokenizerBase, dict[int, str] | None] = weakref.WeakKeyDictionary()
+
+
+def piece_texts(tokenizer: PreTrainedTokenizerBase) -> dict[int, str] | None:
+    """Each token's own text, for tokenizers whose `decode` is the UTF-8 of their tokens' bytes one after
+    another (a byte-level decoder, no clean-up): the text of ids that are all keys here is their texts joined,
+    no decode call needed. Only tokens that are whole characters are keys (a token holding part of a character
+    decodes to U+FFFD alone), added tokens never. None for other tokenizers. Computed once per tokenizer."""
+    if tokenizer not in _PIECE_TEXTS:
+        from tokenizers import decoders
+
+        backend = _backend(tokenizer)
+        texts = None
+        if (backend is not None and isinstance(backend.decoder, decoders.ByteLevel)
+                and not getattr(tokenizer, "clean_up_tokenization_spaces", True)):
+            added = set(backend.get_added_tokens_decoder())
+            texts = {i: t for i in range(backend.get_vocab_size(with_added_tokens=False)) if i not in added
+                     and "\ufffd" not in (t := backend.decode([i]))}
+        _PIECE_TEXTS[tokenizer] = texts
+    return _PIECE_TEXTS[tokenizer]
+
+
+# A Split pre-tokenizer with one of these patterns never puts a non-space character and the space after it in
+# one piece: each alternative takes a space only as its first character, or takes nothing but whitespace.
+# GPT-2's pattern (ByteLevel's own regex) has the same property.
+_SPACE_LED_PATTERNS = frozenset({LLAMA3_PATTERN})
+
+# Keyed by the tokenizer itself, held weakly (like the engine's token sets): computed once per tokenizer.
+_CUTS_AT_SPACES: weakref.WeakKeyDictionary[PreTrainedTokenizerBase, bool] = weakref.WeakKeyDictionary()
+
+
+def _space_led(pre_tokenizer: dict) -> bool:
+    kind = pre_tokenizer.get("type")
+    if kind == "Sequence":
+        return all(_space_led(p) for p in pre_tokenizer["pretokenizers"])
+    if kind == "ByteLevel":  # its regex is GPT-2's; a prefix space is added only to pieces without one
+        return True
+    if kind == "Digits":  # only splits: digits from the rest, or each digit on its own
+        return True
+    if kind == "Split":
+        return (pre_tokenizer.get("behavior") == "Isolated" and not pre_tokenizer.get("invert")
+                and pre_tokenizer.get("pattern", {}).get("Regex") in _SPACE_LED_PATTERNS)
+    return False
+
+
+def cuts_at_spaces(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the tokenizer's encoding of any text starts a new piece at every space that follows a printable
+    non-space ASCII character, so that its ids after that space are the ids of the text from there on: true
+    without a normalizer, with a pre-tokenizer built only of ByteLevel, Digits and Split by a known
+    space-led pattern (`_SPACE_LED_PATTERNS`), and with no added token that holds whitespace or strips it.
+    Other tokenizers (SentencePiece's normalizers, WordPiece's, unknown patterns) get False."""
+    if tokenizer not in _CUTS_AT_SPACES:
+        backend = _backend(tokenizer)
+        safe = backend is not None and backend.normalizer is None and backend.pre_tokenizer is not None
+        if safe:
+            safe = _space_led(json.loads(backend.pre_tokenizer.__getstate__()))
+        if safe:
+            safe = all(not any(c.isspace() for c in t.content) and not t.lstrip and not t.rstrip
+                       for t in backend.get_added_tokens_decoder().values())
+        _CUTS_AT_SPACES[tokenizer] = safe
+    return _CUTS_AT_SPACES[tokenizer]
+
+
+def space_cut(tokenizer: PreTrainedTokenizerBase, text: str) -> int:
+    """The last position p in `text` whose ids of `text[p:] + more` are the tail of the ids of `text + more`
+    for any `more` (a space after a printable non-space character, where `cuts_at_spaces`); 0 where there is
+    none. Encoding from there costs a few characters instead of the whole text."""
+    if not cuts_at_spaces(tokenizer):
+        return 0
+    p = text.rfind(" ")
+    while p > 0:
+        if "!" <= text[p - 1] <= "~":
+            return p
+        p = text.rfind(" ", 0, p)
+    return 0
