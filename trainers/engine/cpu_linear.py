@@ -1,13 +1,14 @@
 """Pre-packed oneDNN weights for a float32 or bfloat16 model's linear layers when it decodes on the CPU.
 
-`torch.nn.functional.linear` in float32 goes to MKL's sgemm, which on some x86 CPUs (AMD's among them) runs
-far below the core's AVX-512 peak for the decode step's shapes (a few rows times a weight matrix). oneDNN
+`torch.nn.functional.linear` in float32 goes to MKL's sgemm/sgemv, which on some x86 CPUs (AMD's among them)
+runs far below the core's AVX-512 peak for the decode step's shapes (a few rows times a weight matrix). oneDNN
 with the weight reordered once into its blocked layout (`torch.ops.mkldnn._reorder_linear_weight`, what
-torch.compile's CPU backend and vLLM's CPU build use) runs the same product about 1.5x faster there and no
-slower elsewhere, for batches of rows; a single float32 row and small layers stay on `F.linear`, which is faster
-there. Results equal `F.linear` up to rounding. A bfloat16 model is packed the same way where the CPU has native
-bfloat16 dot products (AVX512-BF16 or AMX, `torch.ops.mkldnn._is_mkldnn_bf16_supported`): its packed product
-runs faster than bfloat16 `F.linear` there, even for a single row, and about twice as fast as the float32 one.
+torch.compile's CPU backend and vLLM's CPU build use) runs the same product faster there, from a single row on
+(a decode step streams every weight from memory, and the blocked layout streams faster than MKL's
+matrix-vector path), and no slower elsewhere; small layers stay on `F.linear`, where the packed call's fixed
+cost is more than its product. Results equal `F.linear` up to rounding. A bfloat16 model is packed the same way
+where the CPU has native bfloat16 dot products (AVX512-BF16 or AMX, `torch.ops.mkldnn._is_mkldnn_bf16_supported`):
+its packed product runs faster than bfloat16 `F.linear` there, and about twice as fast as the float32 one.
 
 `pack_linears(model)` gives every large `nn.Linear` of such a CPU model a forward that uses a packed copy of its
 weight (one extra copy of the linear weights in memory). A gated MLP (`gate_proj`, `up_proj`, `down_proj` and
@@ -27,9 +28,6 @@ from torch import nn
 # Below this many weights a layer stays on F.linear: the packed call's fixed cost outweighs its faster kernel
 # (a 128-wide model decodes slower packed; every layer of a 768-wide one is far above this).
 MIN_PACKED_WEIGHT = 2**17
-# Fewer rows than this (a batch-1 decode step) stay on F.linear too: in float32, MKL's matrix-vector path is
-# faster there; bfloat16's F.linear has no such path, and its packed product is faster from one row on.
-MIN_PACKED_ROWS = {torch.float32: 4, torch.bfloat16: 1}
 
 
 def _packing_available(dtype: torch.dtype) -> bool:
@@ -46,8 +44,7 @@ def _packed(x: torch.Tensor, weights: tuple[torch.Tensor, ...], bias: torch.Tens
     when a weight's tensor version moves; None where the packed product does not pay or training needs the
     layers' own autograd (the caller then runs the plain layers)."""
     first = weights[0]
-    if (x.dtype != first.dtype or x.numel() < MIN_PACKED_ROWS.get(x.dtype, 2**62) * first.shape[1]
-            or (torch.is_grad_enabled() and first.requires_grad) or x.device.type != "cpu"):
+    if x.dtype != first.dtype or (torch.is_grad_enabled() and first.requires_grad) or x.device.type != "cpu":
         return None
     versions = tuple(w._version for w in weights)
     if owner._dpost_packed_version != versions:
