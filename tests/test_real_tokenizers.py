@@ -338,8 +338,9 @@ def test_encoding_from_the_space_cut_gives_the_whole_texts_ids(tokenizers, kind,
 
 
 def test_tokenizers_that_may_join_across_a_space_are_encoded_whole(tokenizers, wordpiece):
-    """A pre-tokenizer outside the known ones (here pieces of two words), a normalizer, or WordPiece's
-    splitting: no cut, the whole row is encoded. Cutting anyway would change ids."""
+    """A pre-tokenizer outside the known ones (here pieces of two words), a normalizer, known parts that never
+    split at spaces, or WordPiece's splitting: no cut, the whole row is encoded. Cutting anyway would change
+    ids."""
     from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -351,7 +352,9 @@ def test_tokenizers_that_may_join_across_a_space_are_encoded_whole(tokenizers, w
     joined = variant(lambda b: setattr(b, "pre_tokenizer", pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(r"\S+(?: \S+)?"), behavior="isolated"), pre_tokenizers.ByteLevel(use_regex=False)])))
     normalized = variant(lambda b: setattr(b, "normalizer", normalizers.NFKC()))
-    for tokenizer in (joined, normalized, wordpiece):
+    unsplit = variant(lambda b: setattr(b, "pre_tokenizer", pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(use_regex=False)])))
+    for tokenizer in (joined, normalized, unsplit, wordpiece):
         assert not fast_tokenizer.cuts_at_spaces(tokenizer) and fast_tokenizer.space_cut(tokenizer, "a b c") == 0
     # what the guard prevents: `He So 12` is `He So` + ` ` + `12` to this tokenizer, ` So 12` is ` ` + `So 12`
     text, more = "He So", " 12"

@@ -72,18 +72,22 @@ _SPACE_LED_PATTERNS = frozenset({LLAMA3_PATTERN})
 _CUTS_AT_SPACES: weakref.WeakKeyDictionary[PreTrainedTokenizerBase, bool] = weakref.WeakKeyDictionary()
 
 
-def _space_led(pre_tokenizer: dict) -> bool:
+def _space_led(pre_tokenizer: dict) -> tuple[bool, bool]:
+    """(whether the pre-tokenizer only splits pieces and maps their characters, whether it splits before every
+    space that follows a non-space character)."""
     kind = pre_tokenizer.get("type")
-    if kind == "Sequence":
-        return all(_space_led(p) for p in pre_tokenizer["pretokenizers"])
+    if kind == "Sequence":  # splitting an already split text further never joins pieces
+        parts = [_space_led(p) for p in pre_tokenizer["pretokenizers"]]
+        return all(only for only, _ in parts), any(splits for _, splits in parts)
     if kind == "ByteLevel":  # its regex is GPT-2's; a prefix space is added only to pieces without one
-        return True
-    if kind == "Digits":  # only splits: digits from the rest, or each digit on its own
-        return True
+        return True, bool(pre_tokenizer.get("use_regex", True))
+    if kind == "Digits":  # digits from the rest, or each digit on its own
+        return True, False
     if kind == "Split":
-        return (pre_tokenizer.get("behavior") == "Isolated" and not pre_tokenizer.get("invert")
-                and pre_tokenizer.get("pattern", {}).get("Regex") in _SPACE_LED_PATTERNS)
-    return False
+        known = (pre_tokenizer.get("behavior") == "Isolated" and not pre_tokenizer.get("invert")
+                 and pre_tokenizer.get("pattern", {}).get("Regex") in _SPACE_LED_PATTERNS)
+        return known, known
+    return False, False
 
 
 def cuts_at_spaces(tokenizer: PreTrainedTokenizerBase) -> bool:
@@ -96,7 +100,7 @@ def cuts_at_spaces(tokenizer: PreTrainedTokenizerBase) -> bool:
         backend = _backend(tokenizer)
         safe = backend is not None and backend.normalizer is None and backend.pre_tokenizer is not None
         if safe:
-            safe = _space_led(json.loads(backend.pre_tokenizer.__getstate__()))
+            safe = all(_space_led(json.loads(backend.pre_tokenizer.__getstate__())))
         if safe:
             safe = all(not any(c.isspace() for c in t.content) and not t.lstrip and not t.rstrip
                        for t in backend.get_added_tokens_decoder().values())
