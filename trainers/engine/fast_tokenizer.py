@@ -1,10 +1,12 @@
 """`encode` and `decode` for the decode loop: straight to a fast tokenizer's Rust backend where that gives what
-the transformers call gives.
+the transformers call gives; and where a row's text can be worked on in part.
 
 The calculator encodes and decodes a row's text inside the decode loop, and the engine decodes rows to find
 where they end. For short texts the Python wrapper's per-call work (argument handling, converting every id
 with `to_py_obj`, settings) costs more than the Rust call itself, so these call the backend directly unless the
-tokenizer holds a setting only the wrapper applies; then they call the wrapper.
+tokenizer holds a setting only the wrapper applies; then they call the wrapper. Inside the loop every call runs
+with cold caches, so the calculator also makes fewer and smaller ones where the tokenizer's kind allows it:
+`space_cut` (encode only the row's end) and `piece_texts` (join token texts instead of decoding).
 """
 
 from __future__ import annotations
@@ -94,8 +96,9 @@ def cuts_at_spaces(tokenizer: PreTrainedTokenizerBase) -> bool:
     """Whether the tokenizer's encoding of any text starts a new piece at every space that follows a printable
     non-space ASCII character, so that its ids after that space are the ids of the text from there on: true
     without a normalizer, with a pre-tokenizer built only of ByteLevel, Digits and Split by a known
-    space-led pattern (`_SPACE_LED_PATTERNS`), and with no added token that holds whitespace or strips it.
-    Other tokenizers (SentencePiece's normalizers, WordPiece's, unknown patterns) get False."""
+    space-led pattern (`_SPACE_LED_PATTERNS`), at least one of which splits (ByteLevel with its regex, or the
+    Split), and with no added token that holds whitespace or strips it. Other tokenizers (SentencePiece's
+    normalizers, WordPiece's, unknown patterns, no splitting) get False."""
     if tokenizer not in _CUTS_AT_SPACES:
         backend = _backend(tokenizer)
         safe = backend is not None and backend.normalizer is None and backend.pre_tokenizer is not None
