@@ -329,12 +329,38 @@ SPACED = st.lists(st.sampled_from(["<<", ">>", "=", "$", "1", "23", "4567", "+",
 def test_encoding_from_the_space_cut_gives_the_whole_texts_ids(tokenizers, kind, text, more):
     """The calculator encodes only a row's end (`space_cut`): for every preset kind, the ids of the text up to
     the cut followed by the ids from it are the ids of the whole text, whatever comes after."""
-    tokenizer = tokenizers[kind]
+    _check_space_cut(tokenizers[kind], text, more)
+
+
+def _check_space_cut(tokenizer, text: str, more: str) -> None:
     enc = lambda s: tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
     assert fast_tokenizer.cuts_at_spaces(tokenizer)
     cut = fast_tokenizer.space_cut(tokenizer, text)
     assert cut == 0 or (text[cut] == " " and not text[cut - 1].isspace())
     assert enc(text[:cut]) + enc(text[cut:] + more) == enc(text + more)
+
+
+@pytest.fixture(scope="module")
+def qwen2_style(gsm8k_texts):
+    """A byte-level BPE split by Qwen2's pattern (its tokenizer.json's pre-tokenizer: single digits)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(fast_tokenizer.QWEN2_PATTERN), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    backend.decoder = decoders.ByteLevel()
+    backend.train_from_iterator(gsm8k_texts, trainers.BpeTrainer(
+        vocab_size=3000, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>",
+                                   clean_up_tokenization_spaces=False)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=SPACED, more=SPACED)
+def test_encoding_from_the_space_cut_gives_the_whole_texts_ids_under_qwen2s_pattern(qwen2_style, text, more):
+    _check_space_cut(qwen2_style, text, more)
 
 
 def test_tokenizers_that_may_join_across_a_space_are_encoded_whole(tokenizers, wordpiece):

@@ -67,8 +67,10 @@ def piece_texts(tokenizer: PreTrainedTokenizerBase) -> dict[int, str] | None:
 
 # A Split pre-tokenizer with one of these patterns never puts a non-space character and the space after it in
 # one piece: each alternative takes a space only as its first character, or takes nothing but whitespace.
-# GPT-2's pattern (ByteLevel's own regex) has the same property.
-_SPACE_LED_PATTERNS = frozenset({LLAMA3_PATTERN})
+# GPT-2's pattern (ByteLevel's own regex) has the same property. Qwen2's (in the tokenizer.json of Qwen2, 2.5
+# and 3) is Llama-3's with single digits.
+QWEN2_PATTERN = LLAMA3_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}")
+_SPACE_LED_PATTERNS = frozenset({LLAMA3_PATTERN, QWEN2_PATTERN})
 
 # Keyed by the tokenizer itself, held weakly (like the engine's token sets): computed once per tokenizer.
 _CUTS_AT_SPACES: weakref.WeakKeyDictionary[PreTrainedTokenizerBase, bool] = weakref.WeakKeyDictionary()
