@@ -93,7 +93,7 @@ def test_the_engines_decode_steps_run_the_kernel_with_sdpas_logits(base_checkpoi
         engine.add([DecodeRequest(prompt=p, max_new_tokens=12, temperature=0.0) for p in prompts], lambda i, d: None)
         for _ in range(4):  # rows of different lengths: the window holds columns some rows do not own
             engine.step()
-        inputs = engine._decode_inputs()
+        inputs = engine._model_inputs(*engine._decode_inputs())
         counting = _Counting()
         with torch.inference_mode(), monkeypatch.context() as patch:
             patch.setattr(decode_attention, "kernel", lambda: counting)

@@ -34,6 +34,7 @@ from trainers.engine.decode_attention import NAME as DECODE_ATTENTION
 from trainers.engine.decode_attention import use_decode_attention
 from trainers.engine.fast_tokenizer import decode
 from trainers.engine.kv_slots import SlotCache
+from trainers.engine.llama_decode import LeanDecoder
 
 
 MAX_NEW_TOKENS = 300  # the paper's cap on a rationale's tokens: every default in dpost reads this one
@@ -219,6 +220,7 @@ class DecodeEngine:
         self.model = model
         pack_linears(model)  # float32 or bfloat16 on the CPU: oneDNN's packed weights
         use_decode_attention(model)  # on the CPU: a decode step's attention reads only each row's own columns
+        self.lean = LeanDecoder.for_model(model)  # Llama-shaped models on the CPU: decode steps without the framework
         self.tokenizer = tokenizer
         self.device = model.device  # inputs go where the weights are; bookkeeping stays on the CPU
         self.max_batch = max(1, int(max_batch))
@@ -310,30 +312,38 @@ class DecodeEngine:
 
     def _decode(self) -> None:
         self.row_start += self.cache.make_room(0, 1)
-        out = self.model(**self._decode_inputs())
+        ids, positions, owned = self._decode_inputs()
+        if self.lean is not None:
+            logits = self.lean(ids, positions, owned, self.cache)
+        else:
+            logits = self.model(**self._model_inputs(ids, positions, owned)).logits[:, -1, :]
         self.cache.window.end += 1
         self.steps += 1
         # float32 (a no-op for a float32 model): a bfloat16 argmax over the vocabulary is the slower kernel on
         # the CPU, and sampling reads float32 probabilities anyway; the choice is the same (exact conversion)
-        logits = out.logits[:, -1, :].float()
+        logits = logits.float()
         self._advance(list(self.active), logits, logits.argmax(-1).tolist(), offset=0)
 
-    def _decode_inputs(self) -> dict[str, Any]:
-        """The model's inputs for one decode step: each live row's newest token, written at column
-        `window.end`, attending over the window columns it owns."""
+    def _decode_inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One decode step's inputs: each live row's newest token [rows], its position [rows, 1], written at
+        column `window.end`, and the window columns it owns [rows, window + 1]."""
         rows = len(self.active)
         window = self.cache.window
-        ids = torch.tensor([[row.tokens[-1]] for row, _ in self.active], dtype=torch.long)
+        ids = torch.tensor([row.tokens[-1] for row, _ in self.active], dtype=torch.long)
         starts = self.row_start[:rows, None]
         owned = torch.arange(window.start, window.end + 1)[None, :] >= starts
+        return ids, window.end - starts, owned
+
+    def _model_inputs(self, ids: torch.Tensor, positions: torch.Tensor, owned: torch.Tensor) -> dict[str, Any]:
+        """The same step as keyword arguments of the model's own forward."""
         if self.bool_mask:
             mask = owned[:, None, None, :]
         else:  # eager attention adds the mask to the scores
             mask = torch.zeros(owned.shape, dtype=self.model.dtype).masked_fill_(
                 ~owned, torch.finfo(self.model.dtype).min)[:, None, None, :]
-        return {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device),
-                "position_ids": (window.end - starts).to(self.device), "past_key_values": self.cache,
-                "use_cache": True, **self.keep_last}
+        return {"input_ids": ids[:, None].to(self.device), "attention_mask": mask.to(self.device),
+                "position_ids": positions.to(self.device), "past_key_values": self.cache, "use_cache": True,
+                **self.keep_last}
 
     def _advance(self, rows: list[tuple[_Row, Callable[[int, Decoded], None]]], logits: torch.Tensor,
                  greedy: list[int], offset: int) -> None:

@@ -1,0 +1,163 @@
+"""A decode step's forward for Llama-shaped models on the CPU, without transformers' per-module machinery.
+
+At the demo's size (a 128-wide, 4-layer model) a decode step's products take microseconds and most of the
+step is the framework around them: module calls and their hooks, output records, the mask and cache plumbing,
+three projections where one would do. `LeanDecoder` runs the same step as the model's own forward, with the
+model's own weights and the same operations in the same order: RMSNorm, the q/k/v projections, rotary
+embedding from the model's own rotary module (its scaling included), the slot cache, the decode-attention
+kernel (`decode_attention.py`), the output projection, the gated MLP, the final norm and the last position's
+logits. Where the layers are small enough that `cpu_linear` leaves them on `F.linear`, q, k and v (and gate
+and up) are multiplied as one joined weight, which gives the same numbers as the layers one by one; larger
+layers keep their packed forwards (`cpu_linear.pack_linears`).
+
+`LeanDecoder.for_model(model)` returns one for a CPU model of a family whose decoder layer is exactly
+`h + attn(norm(h))`, `h + mlp(norm(h))` with rotate-half RoPE over the whole head (Llama, Mistral, Qwen2) and
+full attention on the decode kernel; None for anything else, which keeps the model's own forward. Prefills and
+scoring always use the model's own forward.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainers.engine.cpu_linear import MIN_PACKED_WEIGHT
+from trainers.engine.decode_attention import NAME as DECODE_ATTENTION
+from trainers.engine.decode_attention import kernel
+
+FAMILIES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
+
+
+class JoinedLinear:
+    """Small linear layers that read the same input, multiplied as one weight made by joining theirs (rebuilt
+    whenever one of them changes in place or is replaced); the outputs come back split, layer by layer."""
+
+    def __init__(self, layers: list[nn.Linear]) -> None:
+        self.layers = layers
+        self.sizes = [layer.out_features for layer in layers]
+        self._key: tuple[int, ...] | None = None
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        params = [p for layer in self.layers for p in (layer.weight, layer.bias) if p is not None]
+        key = tuple(id(p) for p in params) + tuple(p._version for p in params)
+        if key != self._key:
+            self.weight = torch.cat([layer.weight.detach() for layer in self.layers])
+            self.bias = None if all(layer.bias is None for layer in self.layers) else torch.cat([
+                layer.bias.detach() if layer.bias is not None else layer.weight.new_zeros(layer.out_features)
+                for layer in self.layers])
+            self._key = key
+        return F.linear(x, self.weight, self.bias).split(self.sizes, dim=-1)
+
+
+def _separately(layers: list[nn.Module]) -> Callable[[torch.Tensor], tuple[torch.Tensor, ...]]:
+    forwards = [layer.forward for layer in layers]  # the packed forward where pack_linears gave one
+    return lambda x: tuple(forward(x) for forward in forwards)
+
+
+def _projections(layers: list[nn.Linear]) -> Callable[[torch.Tensor], tuple[torch.Tensor, ...]]:
+    """Join layers that F.linear multiplies anyway; leave packed (large) layers to their own forwards."""
+    if all(layer.weight.numel() < MIN_PACKED_WEIGHT for layer in layers):
+        return JoinedLinear(layers)
+    return _separately(layers)
+
+
+def _norm(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The model's RMSNorm; in float32 torch's fused `rms_norm`, which computes exactly what transformers'
+    module does (float32 mean of squares, rsqrt, weight) in one operation instead of six."""
+    weight, eps = module.weight, module.variance_epsilon
+    if weight.dtype != torch.float32:
+        return module.forward
+    return lambda x: F.rms_norm(x, (x.shape[-1],), weight, eps)
+
+
+class _Layer:
+    def __init__(self, layer: nn.Module) -> None:
+        attn, mlp = layer.self_attn, layer.mlp
+        self.attn_norm = _norm(layer.input_layernorm)
+        self.mlp_norm = _norm(layer.post_attention_layernorm)
+        self.qkv = _projections([attn.q_proj, attn.k_proj, attn.v_proj])
+        self.o_proj = attn.o_proj.forward
+        self.head_dim = attn.head_dim
+        self.scaling = float(attn.scaling)
+        if mlp.gate_proj.weight.numel() < MIN_PACKED_WEIGHT:
+            gate_up, act, down = JoinedLinear([mlp.gate_proj, mlp.up_proj]), mlp.act_fn, mlp.down_proj.forward
+
+            def small_mlp(x: torch.Tensor) -> torch.Tensor:
+                gate, up = gate_up(x)
+                return down(act(gate) * up)
+
+            self.mlp = small_mlp
+        else:
+            self.mlp = mlp.forward  # pack_linears' fused gate/up product at realistic sizes
+
+
+class LeanDecoder:
+    """`decoder(ids, positions, owned, cache)` -> the next token's logits [rows, vocab] for one decode step:
+    `ids` [rows] the newest tokens, `positions` [rows, 1], `owned` [rows, window + 1] the cache columns each
+    row attends to (the step's own included), `cache` the engine's `SlotCache`."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        inner = model.model
+        self.embed = inner.embed_tokens
+        self.rotary = inner.rotary_emb
+        self.layers = [_Layer(layer) for layer in inner.layers]
+        self.norm = _norm(inner.norm)
+        self.lm_head = model.lm_head.forward
+        self.attention = kernel()
+
+    @classmethod
+    def for_model(cls, model: nn.Module) -> "LeanDecoder | None":
+        """A LeanDecoder where this step is exactly the model's own; None otherwise."""
+        config = getattr(model, "config", None)
+        if (type(model).__name__ not in FAMILIES or config is None or model.device.type != "cpu"
+                or config._attn_implementation != DECODE_ATTENTION or kernel() is None):
+            return None
+        inner = getattr(model, "model", None)
+        layers = list(getattr(inner, "layers", []))
+        if not layers or not all(_plain_layer(layer) for layer in layers):
+            return None
+        return cls(model)
+
+    @torch.inference_mode()
+    def __call__(self, ids: torch.Tensor, positions: torch.Tensor, owned: torch.Tensor, cache: Any
+                 ) -> torch.Tensor:
+        rows = ids.shape[0]
+        h = self.embed.forward(ids)  # [rows, hidden]: one position per row
+        cos, sin = self.rotary(h[:, None], positions)  # [rows, 1, head_dim], broadcast over heads
+        for index, layer in enumerate(self.layers):
+            q, k, v = layer.qkv(layer.attn_norm(h))
+            dim = layer.head_dim
+            heads = q.shape[-1] // dim
+            qk = _rotate(torch.cat((q, k), -1).view(rows, -1, dim), cos, sin)  # q and k in one pass
+            keys, values = cache.update(qk[:, heads:, None], v.view(rows, -1, 1, dim), index)
+            out = self.attention.decode_attention(qk[:, :heads].contiguous(), keys, values, owned, layer.scaling)
+            h = h + layer.o_proj(out.view(rows, -1))
+            h = h + layer.mlp(layer.mlp_norm(h))
+        return self.lm_head(self.norm(h))
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding as transformers' `apply_rotary_pos_emb` computes it (rotate-half, whole head)."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+def _plain_layer(layer: nn.Module) -> bool:
+    """The decoder layer is norm -> attention -> residual, norm -> gated MLP -> residual, nothing else: no
+    sliding window, no q/k norms, linear projections, a gated MLP."""
+    attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+    if attn is None or mlp is None or getattr(attn, "sliding_window", None) is not None:
+        return False
+    if any(hasattr(attn, name) for name in ("q_norm", "k_norm")):
+        return False
+    projections = [getattr(attn, n, None) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
+    gated = [getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
+    norms = [getattr(layer, n, None) for n in ("input_layernorm", "post_attention_layernorm")]
+    return (all(isinstance(p, nn.Linear) for p in projections + gated) and callable(getattr(mlp, "act_fn", None))
+            and all(n is not None and hasattr(n, "variance_epsilon") for n in norms)
+            and set(dict(layer.named_children())) == {"self_attn", "mlp", "input_layernorm",
+                                                      "post_attention_layernorm"})
