@@ -10,7 +10,7 @@ import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from trainers.engine.decoding import DecodeEngine, DecodeRequest, decode_all
-from trainers.engine.llama_decode import JoinedLinear, LeanDecoder
+from trainers.engine.llama_decode import LeanDecoder
 
 PROMPTS = ["Ava has 12 pens.", "Ian scores 24 points. Ava scores 22 fewer points than Ian. How many?", "7 + 8"]
 
@@ -91,19 +91,6 @@ def test_the_model_keeps_its_own_forward_where_the_step_would_differ(base_checkp
         assert DecodeEngine(model, tokenizer, max_batch=2).lean is None, name
     # and such a model still decodes through its own forward
     assert decode_all(sliding, tokenizer, [DecodeRequest(prompt=PROMPTS[0], max_new_tokens=6)], 2)[0].num_tokens
-
-
-def test_joined_layers_follow_a_weight_changed_in_place():
-    torch.manual_seed(0)
-    layers = [torch.nn.Linear(8, 4), torch.nn.Linear(8, 6, bias=False)]
-    joined = JoinedLinear(layers)
-    x = torch.randn(3, 8)
-    with torch.no_grad():
-        for _ in range(2):
-            a, b = joined(x)
-            assert torch.equal(a, layers[0](x)) and torch.equal(b, layers[1](x))
-            layers[1].weight.mul_(2.0)
-            layers[0].bias.add_(1.0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

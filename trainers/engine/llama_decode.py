@@ -3,12 +3,13 @@
 At the demo's size (a 128-wide, 4-layer model) a decode step's products take microseconds and most of the
 step is the framework around them: module calls and their hooks, output records, the mask and cache plumbing,
 three projections where one would do. `LeanDecoder` runs the same step as the model's own forward, with the
-model's own weights and the same operations in the same order: RMSNorm, the q/k/v projections, rotary
-embedding from the model's own rotary module (its scaling included), the slot cache, the decode-attention
-kernel (`decode_attention.py`), the output projection, the gated MLP, the final norm and the last position's
-logits. Where the layers are small enough that `cpu_linear` leaves them on `F.linear`, q, k and v (and gate
-and up) are multiplied as one joined weight, which gives the same numbers as the layers one by one; larger
-layers keep their packed forwards (`cpu_linear.pack_linears`).
+model's own weights and layers and the same operations in the same order: RMSNorm, the q/k/v projections,
+rotary embedding from the model's own rotary module (its scaling included), the slot cache, the
+decode-attention kernel (`decode_attention.py`), the output projection, the gated MLP, the final norm and the
+last position's logits. The linear layers run as `cpu_linear.pack_linears` made them, and a small model's q,
+k and v as one joined product (`cpu_linear.JoinedLinear`). The logits are the model's own forward's, bit for
+bit wherever the joined product takes the same kernel as the three layers one by one (packed or not, by
+`cpu_linear`'s rule), and up to rounding where it does not.
 
 `LeanDecoder.for_model(model)` returns one for a CPU model of a family whose decoder layer is exactly
 `h + attn(norm(h))`, `h + mlp(norm(h))` with rotate-half RoPE over the whole head (Llama, Mistral, Qwen2) and
@@ -24,44 +25,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainers.engine.cpu_linear import MIN_PACKED_WEIGHT
+from trainers.engine.cpu_linear import MIN_PACKED_WEIGHT, JoinedLinear
 from trainers.engine.decode_attention import NAME as DECODE_ATTENTION
 from trainers.engine.decode_attention import kernel
 
 FAMILIES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 
 
-class JoinedLinear:
-    """Small linear layers that read the same input, multiplied as one weight made by joining theirs (rebuilt
-    whenever one of them changes in place or is replaced); the outputs come back split, layer by layer."""
-
-    def __init__(self, layers: list[nn.Linear]) -> None:
-        self.layers = layers
-        self.sizes = [layer.out_features for layer in layers]
-        self._key: tuple[int, ...] | None = None
-
-    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        params = [p for layer in self.layers for p in (layer.weight, layer.bias) if p is not None]
-        key = tuple(id(p) for p in params) + tuple(p._version for p in params)
-        if key != self._key:
-            self.weight = torch.cat([layer.weight.detach() for layer in self.layers])
-            self.bias = None if all(layer.bias is None for layer in self.layers) else torch.cat([
-                layer.bias.detach() if layer.bias is not None else layer.weight.new_zeros(layer.out_features)
-                for layer in self.layers])
-            self._key = key
-        return F.linear(x, self.weight, self.bias).split(self.sizes, dim=-1)
-
-
-def _separately(layers: list[nn.Module]) -> Callable[[torch.Tensor], tuple[torch.Tensor, ...]]:
-    forwards = [layer.forward for layer in layers]  # the packed forward where pack_linears gave one
-    return lambda x: tuple(forward(x) for forward in forwards)
-
-
 def _projections(layers: list[nn.Linear]) -> Callable[[torch.Tensor], tuple[torch.Tensor, ...]]:
-    """Join layers that F.linear multiplies anyway; leave packed (large) layers to their own forwards."""
-    if all(layer.weight.numel() < MIN_PACKED_WEIGHT for layer in layers):
-        return JoinedLinear(layers)
-    return _separately(layers)
+    """q, k and v of a small model as one product; a large model's (packed, each at least as large as the
+    joined weight of a small one) through their own forwards, with no second packed copy of them."""
+    forwards = [layer.forward for layer in layers]  # pack_linears' where it gave them one
+    if any(layer.weight.numel() >= MIN_PACKED_WEIGHT for layer in layers):
+        return lambda x: tuple(forward(x) for forward in forwards)
+    joined, sizes = JoinedLinear(layers), [layer.out_features for layer in layers]
+
+    def project(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = joined(x)
+        return tuple(forward(x) for forward in forwards) if out is None else out.split(sizes, dim=-1)
+
+    return project
 
 
 def _norm(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -82,16 +65,7 @@ class _Layer:
         self.o_proj = attn.o_proj.forward
         self.head_dim = attn.head_dim
         self.scaling = float(attn.scaling)
-        if mlp.gate_proj.weight.numel() < MIN_PACKED_WEIGHT:
-            gate_up, act, down = JoinedLinear([mlp.gate_proj, mlp.up_proj]), mlp.act_fn, mlp.down_proj.forward
-
-            def small_mlp(x: torch.Tensor) -> torch.Tensor:
-                gate, up = gate_up(x)
-                return down(act(gate) * up)
-
-            self.mlp = small_mlp
-        else:
-            self.mlp = mlp.forward  # pack_linears' fused gate/up product at realistic sizes
+        self.mlp = mlp.forward  # pack_linears': gate and up as one product
 
 
 class LeanDecoder:
@@ -114,6 +88,7 @@ class LeanDecoder:
         """A LeanDecoder where this step is exactly the model's own; None otherwise."""
         config = getattr(model, "config", None)
         if (type(model).__name__ not in FAMILIES or config is None or model.device.type != "cpu"
+                or model.dtype not in (torch.float32, torch.bfloat16)
                 or config._attn_implementation != DECODE_ATTENTION or kernel() is None):
             return None
         inner = getattr(model, "model", None)
