@@ -97,17 +97,17 @@ def test_engine_refills_slots_while_other_rows_decode(trained):
     assert engine.steps < static_steps
 
 
-def _count_prefills(model: Any, monkeypatch: Any) -> list[tuple[int, int, int]]:
-    """(rows, width, real tokens) of each prefill forward `model` runs from now on."""
+def _count_prefills(monkeypatch: Any) -> list[tuple[int, int, int]]:
+    """(rows, width, real tokens) of each prefill forward the engine runs from now on (through the model's own
+    forward or the lean step's)."""
     prefills: list[tuple[int, int, int]] = []
-    forward = model.forward
+    prefill = DecodeEngine._prefill
 
-    def counting_forward(*args: Any, **kwargs: Any) -> Any:
-        if kwargs["input_ids"].shape[1] > 1:
-            prefills.append((*kwargs["input_ids"].shape, int(kwargs["attention_mask"].sum())))
-        return forward(*args, **kwargs)
+    def counting_prefill(self: DecodeEngine, prompts: list[tuple[int, ...]]) -> Any:
+        prefills.append((len(prompts), max(map(len, prompts)), sum(map(len, prompts))))
+        return prefill(self, prompts)
 
-    monkeypatch.setattr(model, "forward", counting_forward)
+    monkeypatch.setattr(DecodeEngine, "_prefill", counting_prefill)
     return prefills
 
 
@@ -117,7 +117,7 @@ def test_samples_of_one_question_share_one_prefill_and_keep_their_own_seeds(trai
     rows = [DecodeRequest(prompt=format_prompt(p.question), max_new_tokens=24, temperature=0.9, seed=k)
             for p in problems[:3] for k in range(4)]
     alone = decode_all(model, tokenizer, rows, batch_size=1)
-    prefills = _count_prefills(model, monkeypatch)
+    prefills = _count_prefills(monkeypatch)
     together = decode_all(model, tokenizer, rows, batch_size=12)
     assert sum(rows for rows, _, _ in prefills) == 3  # one prefill row per distinct question
     assert [d.text for d in together] == [d.text for d in alone]
@@ -188,7 +188,7 @@ def test_prompts_of_very_different_lengths_are_prefilled_with_little_padding(tra
     model, tokenizer, problems = trained
     rows = _mixed_rows(problems)[:14]  # every 7th prompt is four questions long
     alone = decode_all(model, tokenizer, rows, batch_size=1)
-    prefills = _count_prefills(model, monkeypatch)
+    prefills = _count_prefills(monkeypatch)
     together = decode_all(model, tokenizer, rows, batch_size=14)
     assert len(prefills) > 1 and sum(r for r, _, _ in prefills) == len(rows)
     assert all(r * width <= (1 + PREFILL_PADDING) * real for r, width, real in prefills)

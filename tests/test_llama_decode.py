@@ -1,4 +1,5 @@
-"""The lean decode step (trainers/engine/llama_decode.py): the model's own logits, bit for bit, mid-decode on
+"""The lean decode step and prefill (trainers/engine/llama_decode.py): the model's own logits (and a prefill's
+cache), bit for bit, mid-decode on
 Llama, grouped-query Llama, Qwen2 (q/k/v biases), Llama 3 rope scaling, layers large enough to be packed, and
 bfloat16; the same texts as the model's own forward through the engine; and the model's own forward wherever
 the step would not be the same. No Ray."""
@@ -53,10 +54,26 @@ def test_the_lean_step_gives_the_models_own_logits_bit_for_bit(base_checkpoint):
         engine.row_start += engine.cache.make_room(0, 1)
         ids, positions, owned = engine._decode_inputs()
         with torch.inference_mode():
-            lean = engine.lean(ids, positions, owned, engine.cache)
+            lean = engine.lean.decode(ids, positions, owned, engine.cache)
             own = model(**engine._model_inputs(ids, positions, owned)).logits[:, -1]
         assert len(engine.active) >= 2 and lean.shape == (len(engine.active), model.config.vocab_size), name
         assert torch.equal(lean, own), f"{name}: largest difference {(lean - own).abs().max().item()}"
+
+
+def test_the_lean_prefill_gives_the_models_own_logits_and_cache_bit_for_bit(base_checkpoint):
+    tokenizer = AutoTokenizer.from_pretrained(base_checkpoint)
+    for name, model in _models(tokenizer):
+        engine = DecodeEngine(model, tokenizer, max_batch=4)
+        prompts = [tuple(tokenizer.encode(p)) for p in PROMPTS]
+        for group in (prompts, prompts[:1] * 2):  # left padding, and none (the model's mask may then be None)
+            with torch.inference_mode():
+                lean_cache, lean = engine._prefill(group)
+                engine_lean, engine.lean = engine.lean, None
+                own_cache, own = engine._prefill(group)
+            engine.lean = engine_lean
+            assert torch.equal(lean, own), f"{name}: largest difference {(lean - own).abs().max().item()}"
+            for a, b in zip(lean_cache.layers, own_cache.layers, strict=True):
+                assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values), name
 
 
 def test_the_engine_writes_the_same_texts_with_and_without_the_lean_step(base_checkpoint):

@@ -220,7 +220,7 @@ class DecodeEngine:
         self.model = model
         pack_linears(model)  # float32 or bfloat16 on the CPU: oneDNN's packed weights
         use_decode_attention(model)  # on the CPU: a decode step's attention reads only each row's own columns
-        self.lean = LeanDecoder.for_model(model)  # Llama-shaped models on the CPU: decode steps without the framework
+        self.lean = LeanDecoder.for_model(model)  # Llama-shaped models on the CPU: steps without the framework
         self.tokenizer = tokenizer
         self.device = model.device  # inputs go where the weights are; bookkeeping stays on the CPU
         self.max_batch = max(1, int(max_batch))
@@ -305,6 +305,8 @@ class DecodeEngine:
             mask[i, width - len(prompt):] = 1
         prefill = DynamicCache()
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        if self.lean is not None:
+            return prefill, self.lean.prefill(ids, mask, positions, prefill)
         out = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                          position_ids=positions.to(self.device), past_key_values=prefill, use_cache=True,
                          **self.keep_last)
@@ -314,7 +316,7 @@ class DecodeEngine:
         self.row_start += self.cache.make_room(0, 1)
         ids, positions, owned = self._decode_inputs()
         if self.lean is not None:
-            logits = self.lean(ids, positions, owned, self.cache)
+            logits = self.lean.decode(ids, positions, owned, self.cache)
         else:
             logits = self.model(**self._model_inputs(ids, positions, owned)).logits[:, -1, :]
         self.cache.window.end += 1

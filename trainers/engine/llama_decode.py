@@ -25,6 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from transformers.masking_utils import create_causal_mask
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
 from trainers.engine.cpu_linear import MIN_PACKED_WEIGHT, JoinedLinear
 from trainers.engine.decode_attention import NAME as DECODE_ATTENTION
 from trainers.engine.decode_attention import kernel
@@ -63,6 +66,7 @@ class _Layer:
         self.mlp_norm = _norm(layer.post_attention_layernorm)
         self.qkv = _projections([attn.q_proj, attn.k_proj, attn.v_proj])
         self.o_proj = attn.o_proj.forward
+        self.module = attn  # the model's attention function reads its settings
         self.head_dim = attn.head_dim
         self.scaling = float(attn.scaling)
         self.mlp = mlp.forward  # pack_linears': gate and up as one product
@@ -74,7 +78,7 @@ class LeanDecoder:
     row attends to (the step's own included), `cache` the engine's `SlotCache`."""
 
     def __init__(self, model: nn.Module) -> None:
-        self.model = model
+        self.model, self.config = model, model.config
         inner = model.model
         self.embed = inner.embed_tokens
         self.rotary = inner.rotary_emb
@@ -97,22 +101,49 @@ class LeanDecoder:
             return None
         return cls(model)
 
+    def decode(self, ids: torch.Tensor, positions: torch.Tensor, owned: torch.Tensor, cache: Any) -> torch.Tensor:
+        """One decode step: `ids` [rows] the newest tokens, `positions` [rows, 1], `owned` [rows, window + 1]
+        the cache columns each row attends to (the step's own included), `cache` the engine's `SlotCache`.
+        Returns the next token's logits [rows, vocab]."""
+
+        def attend(layer: _Layer, index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            keys, values = cache.update(k, v, index)
+            out = self.attention.decode_attention(q[:, :, 0].contiguous(), keys, values, owned, layer.scaling)
+            return out[:, None]
+
+        return self._forward(self.embed.forward(ids[:, None]), positions, attend)
+
+    def prefill(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
+        """Left-padded prompts `ids` [rows, width] with their `mask` and `positions` into an empty
+        `DynamicCache`: attention through the model's own mask and attention function, as its forward does.
+        Returns each prompt's last position's logits [rows, vocab]."""
+        h = self.embed.forward(ids)
+        causal = create_causal_mask(config=self.config, inputs_embeds=h, attention_mask=mask,
+                                    past_key_values=cache, position_ids=positions)
+        attention = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
+
+        def attend(layer: _Layer, index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            keys, values = cache.update(k, v, index)
+            return attention(layer.module, q, keys, values, causal, dropout=0.0, scaling=layer.scaling)[0]
+
+        return self._forward(h, positions, attend)
+
     @torch.inference_mode()
-    def __call__(self, ids: torch.Tensor, positions: torch.Tensor, owned: torch.Tensor, cache: Any
+    def _forward(self, h: torch.Tensor, positions: torch.Tensor,
+                 attend: Callable[[_Layer, int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
                  ) -> torch.Tensor:
-        rows = ids.shape[0]
-        h = self.embed.forward(ids)  # [rows, hidden]: one position per row
-        cos, sin = self.rotary(h[:, None], positions)  # [rows, 1, head_dim], broadcast over heads
+        rows, width = h.shape[:2]
+        cos, sin = self.rotary(h, positions)
+        cos, sin = cos[:, None], sin[:, None]  # [rows, 1, width, head_dim]: the same for every head
         for index, layer in enumerate(self.layers):
             q, k, v = layer.qkv(layer.attn_norm(h))
             dim = layer.head_dim
             heads = q.shape[-1] // dim
-            qk = _rotate(torch.cat((q, k), -1).view(rows, -1, dim), cos, sin)  # q and k in one pass
-            keys, values = cache.update(qk[:, heads:, None], v.view(rows, -1, 1, dim), index)
-            out = self.attention.decode_attention(qk[:, :heads].contiguous(), keys, values, owned, layer.scaling)
-            h = h + layer.o_proj(out.view(rows, -1))
+            qk = _rotate(torch.cat((q, k), -1).view(rows, width, -1, dim).transpose(1, 2), cos, sin)  # both at once
+            out = attend(layer, index, qk[:, :heads], qk[:, heads:], v.view(rows, width, -1, dim).transpose(1, 2))
+            h = h + layer.o_proj(out.reshape(rows, width, -1))  # out: [rows, width, heads, head_dim]
             h = h + layer.mlp(layer.mlp_norm(h))
-        return self.lm_head(self.norm(h))
+        return self.lm_head(self.norm(h)[:, -1:])[:, 0]  # as transformers slices: the same product
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
