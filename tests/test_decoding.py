@@ -12,7 +12,7 @@ from transformers import DynamicCache
 from services.decode_loop import DecodeLoop
 from trainers.models.checkpoints import Policy, load_policy
 from trainers.data.problems import load_problems
-from trainers.engine import decoding
+from trainers.engine import fast_tokenizer
 from trainers.engine.decoding import (PREFILL_PADDING, DecodeEngine, DecodeRequest, decode_all, equals_token_ids,
                                      length_groups)
 from trainers.engine.kv_slots import SlotCache
@@ -161,14 +161,14 @@ def _word_tokenizer(words: list[str]) -> Any:
 def test_token_sets_are_per_tokenizer_and_go_with_it():
     import gc
 
-    before = len(decoding._TOKEN_SETS)
+    before = len(fast_tokenizer._PER_TOKENIZER)
     for swap in range(20):  # hot swaps: each new tokenizer may land at the address of the one just dropped
         words = ["a", "b=", "c"] if swap % 2 else ["x=", "y", "z", "w="]
         tokenizer = _word_tokenizer(words)
         assert equals_token_ids(tokenizer) == {i for i, w in enumerate(["[UNK]"] + words) if w.endswith("=")}
         del tokenizer
         gc.collect()
-    assert len(decoding._TOKEN_SETS) == before  # nothing kept for tokenizers that are gone
+    assert len(fast_tokenizer._PER_TOKENIZER) == before  # nothing kept for tokenizers that are gone
 
 
 def test_prefill_groups_prompts_by_length_so_padding_stays_small():

@@ -432,6 +432,18 @@ def test_byte_level_tokens_texts_join_to_the_decoded_text(tokenizers, kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=SPACED, special=st.booleans())
+def test_a_rows_text_joined_from_token_texts_is_its_decoded_text(tokenizers, metaspace, kind, text, special):
+    """`text_of`, what `plan_forcing` reads a row's text with: the decoded text (special tokens skipped),
+    joined from token texts where they are all listed, decoded where not (a special token, part of a
+    character, a tokenizer that is not byte-level)."""
+    for tokenizer in (tokenizers[kind], metaspace):
+        ids = tokenizer.encode(text, add_special_tokens=False) + ([tokenizer.eos_token_id] if special else [])
+        assert fast_tokenizer.text_of(tokenizer, ids) == tokenizer.decode(ids, skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=SPACED)
 def test_the_tails_the_calculator_compares_are_the_decoded_tails(tokenizers, metaspace, kind, text):
     """What `encode_after` compares with the continuation: the text of each tail of the ids, joined from the

@@ -25,7 +25,7 @@ from typing import Iterator, Sequence
 from transformers import PreTrainedTokenizerBase
 
 from trainers.core.calculator import CalculatorError, calculate, pending_expression
-from trainers.engine.fast_tokenizer import decode, encode, piece_texts, space_cut
+from trainers.engine.fast_tokenizer import decode, encode, piece_texts, space_cut, text_of
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def plan_forcing(tokenizer: PreTrainedTokenizerBase, generated: Sequence[int]) -
     `<<expr=` in it, or an expression the safe calculator refuses)."""
     if not generated:
         return None
-    text = decode(tokenizer, generated, skip_special_tokens=True)
+    text = text_of(tokenizer, generated)
     newest = (piece_texts(tokenizer) or {}).get(generated[-1])
     if newest is not None and text.endswith(newest):  # the row's text is its tokens' texts joined
         before = text[:len(text) - len(newest)]

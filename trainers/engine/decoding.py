@@ -19,7 +19,6 @@ the calculator's forced results marked; the pieces put together are exactly the 
 from __future__ import annotations
 
 import inspect
-import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
@@ -32,7 +31,7 @@ from trainers.engine.calculator_forcing import plan_forcing
 from trainers.engine.cpu_linear import pack_linears
 from trainers.engine.decode_attention import NAME as DECODE_ATTENTION
 from trainers.engine.decode_attention import use_decode_attention
-from trainers.engine.fast_tokenizer import decode
+from trainers.engine.fast_tokenizer import decode, per_tokenizer
 from trainers.engine.kv_slots import SlotCache
 from trainers.engine.llama_decode import LeanDecoder
 
@@ -66,34 +65,36 @@ class Decoded:
 TextCallback = Callable[[int, str, "dict[str, str] | None"], None]
 
 
-# Keyed by the tokenizer object itself, held weakly: an entry lives exactly as long as its tokenizer (a hot
-# swap's old model takes its sets with it), and a new tokenizer never finds another one's ids.
-_TOKEN_SETS: weakref.WeakKeyDictionary[PreTrainedTokenizerBase, dict[str, frozenset[int]]] = \
-    weakref.WeakKeyDictionary()
+def token_ids_where(tokenizer: PreTrainedTokenizerBase, predicate: Callable[[str], bool]) -> frozenset[int]:
+    """Ids of the tokens whose text satisfies `predicate`."""
+    return frozenset(i for i in tokenizer.get_vocab().values() if predicate(tokenizer.decode([i])))
 
 
-def token_ids_where(tokenizer: PreTrainedTokenizerBase, predicate: Callable[[str], bool], key: str) -> frozenset[int]:
-    """Ids of the tokens whose text satisfies `predicate` (cached per tokenizer and key)."""
-    sets = _TOKEN_SETS.setdefault(tokenizer, {})
-    if key not in sets:
-        sets[key] = frozenset(i for i in tokenizer.get_vocab().values() if predicate(tokenizer.decode([i])))
-    return sets[key]
-
-
+@per_tokenizer
 def equals_token_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
     """Ids of every token whose text holds an '=' (`=`, `)=`, `=$`): only after one of these can a row need
     the calculator."""
-    return token_ids_where(tokenizer, lambda t: "=" in t, "has-equals")
+    return token_ids_where(tokenizer, lambda t: "=" in t)
 
 
+@per_tokenizer
+def hash_token_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    """Ids of every token whose text holds a '#': a row can only end in `#### N` after one."""
+    return token_ids_where(tokenizer, lambda t: "#" in t)
+
+
+@per_tokenizer
+def space_token_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
+    """Ids of every token whose text holds whitespace: where a final answer can end."""
+    return token_ids_where(tokenizer, lambda t: any(c.isspace() for c in t))
+
+
+@per_tokenizer
 def angle_token_texts(tokenizer: PreTrainedTokenizerBase) -> dict[int, str]:
     """The text of every token that writes a '<' or '>', and '' for every token that writes nothing in a
-    decoded row (special tokens): what a row's annotation state is tracked from (cached per tokenizer)."""
-    sets = _TOKEN_SETS.setdefault(tokenizer, {})
-    if "angle-texts" not in sets:
-        texts = ((i, tokenizer.decode([i], skip_special_tokens=True)) for i in tokenizer.get_vocab().values())
-        sets["angle-texts"] = {i: t for i, t in texts if not t or "<" in t or ">" in t}  # type: ignore[assignment]
-    return sets["angle-texts"]  # type: ignore[return-value]
+    decoded row (special tokens): what a row's annotation state is tracked from."""
+    texts = ((i, tokenizer.decode([i], skip_special_tokens=True)) for i in tokenizer.get_vocab().values())
+    return {i: t for i, t in texts if not t or "<" in t or ">" in t}
 
 
 class RowCalculator:
@@ -226,8 +227,8 @@ class DecodeEngine:
         self.max_batch = max(1, int(max_batch))
         self.eos = tokenizer.eos_token_id
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
-        self.hash_ids = token_ids_where(tokenizer, lambda t: "#" in t, "has-hash")
-        self.space_ids = token_ids_where(tokenizer, lambda t: any(c.isspace() for c in t), "has-space")
+        self.hash_ids = hash_token_ids(tokenizer)
+        self.space_ids = space_token_ids(tokenizer)
         self.waiting: deque[tuple[_Row, Callable[[int, Decoded], None]]] = deque()
         self.active: list[tuple[_Row, Callable[[int, Decoded], None]]] = []  # slot i holds active[i]
         self.row_start = torch.zeros(self.max_batch, dtype=torch.long)

@@ -11,13 +11,35 @@ with cold caches, so the calculator also makes fewer and smaller ones where the 
 
 from __future__ import annotations
 
+import functools
 import json
 import weakref
-from typing import Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 from transformers import PreTrainedTokenizerBase
 
 from trainers.models.scratch import LLAMA3_PATTERN
+
+
+T = TypeVar("T")
+
+# Keyed by the tokenizer object itself, held weakly: an entry lives exactly as long as its tokenizer (a hot
+# swap's old model takes its entries with it), and a new tokenizer never finds another one's.
+_PER_TOKENIZER: weakref.WeakKeyDictionary[PreTrainedTokenizerBase, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def per_tokenizer(compute: Callable[[PreTrainedTokenizerBase], T]) -> Callable[[PreTrainedTokenizerBase], T]:
+    """`compute(tokenizer)`, computed once per tokenizer object (what the decode loop reads about a vocabulary)."""
+    key = f"{compute.__module__}.{compute.__qualname__}"
+
+    @functools.wraps(compute)
+    def cached(tokenizer: PreTrainedTokenizerBase) -> T:
+        entries = _PER_TOKENIZER.setdefault(tokenizer, {})
+        if key not in entries:
+            entries[key] = compute(tokenizer)
+        return entries[key]
+
+    return cached
 
 
 def _backend(tokenizer: PreTrainedTokenizerBase):
@@ -43,26 +65,33 @@ def decode(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int], skip_special_
     return tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
 
 
-_PIECE_TEXTS: weakref.WeakKeyDictionary[PreTrainedTokenizerBase, dict[int, str] | None] = weakref.WeakKeyDictionary()
-
-
+@per_tokenizer
 def piece_texts(tokenizer: PreTrainedTokenizerBase) -> dict[int, str] | None:
     """Each token's own text, for tokenizers whose `decode` is the UTF-8 of their tokens' bytes one after
     another (a byte-level decoder, no clean-up): the text of ids that are all keys here is their texts joined,
     no decode call needed. Only tokens that are whole characters are keys (a token holding part of a character
-    decodes to U+FFFD alone), added tokens never. None for other tokenizers. Computed once per tokenizer."""
-    if tokenizer not in _PIECE_TEXTS:
-        from tokenizers import decoders
+    decodes to U+FFFD alone), added tokens never. None for other tokenizers."""
+    from tokenizers import decoders
 
-        backend = _backend(tokenizer)
-        texts = None
-        if (backend is not None and isinstance(backend.decoder, decoders.ByteLevel)
-                and not getattr(tokenizer, "clean_up_tokenization_spaces", True)):
-            added = set(backend.get_added_tokens_decoder())
-            texts = {i: t for i in range(backend.get_vocab_size(with_added_tokens=False)) if i not in added
-                     and "\ufffd" not in (t := backend.decode([i]))}
-        _PIECE_TEXTS[tokenizer] = texts
-    return _PIECE_TEXTS[tokenizer]
+    backend = _backend(tokenizer)
+    if (backend is None or not isinstance(backend.decoder, decoders.ByteLevel)
+            or getattr(tokenizer, "clean_up_tokenization_spaces", True)):
+        return None
+    added = set(backend.get_added_tokens_decoder())
+    return {i: t for i in range(backend.get_vocab_size(with_added_tokens=False)) if i not in added
+            and "\ufffd" not in (t := backend.decode([i]))}
+
+
+def text_of(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> str:
+    """`decode(tokenizer, ids, skip_special_tokens=True)`: the tokens' texts joined where `piece_texts` lists
+    them all (no special tokens among them then), which costs a fraction of a decode call."""
+    texts = piece_texts(tokenizer)
+    if texts is not None:
+        try:
+            return "".join([texts[i] for i in ids])
+        except KeyError:
+            pass
+    return decode(tokenizer, ids, skip_special_tokens=True)
 
 
 # A Split pre-tokenizer with one of these patterns never puts a non-space character and the space after it in
@@ -71,10 +100,6 @@ def piece_texts(tokenizer: PreTrainedTokenizerBase) -> dict[int, str] | None:
 # and 3) is Llama-3's with single digits.
 QWEN2_PATTERN = LLAMA3_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}")
 _SPACE_LED_PATTERNS = frozenset({LLAMA3_PATTERN, QWEN2_PATTERN})
-
-# Keyed by the tokenizer itself, held weakly (like the engine's token sets): computed once per tokenizer.
-_CUTS_AT_SPACES: weakref.WeakKeyDictionary[PreTrainedTokenizerBase, bool] = weakref.WeakKeyDictionary()
-
 
 def _space_led(pre_tokenizer: dict) -> tuple[bool, bool]:
     """(whether the pre-tokenizer only splits pieces and maps their characters, whether it splits before every
@@ -94,6 +119,7 @@ def _space_led(pre_tokenizer: dict) -> tuple[bool, bool]:
     return False, False
 
 
+@per_tokenizer
 def cuts_at_spaces(tokenizer: PreTrainedTokenizerBase) -> bool:
     """Whether the tokenizer's encoding of any text starts a new piece at every space that follows a printable
     non-space ASCII character, so that its ids after that space are the ids of the text from there on: true
@@ -101,16 +127,13 @@ def cuts_at_spaces(tokenizer: PreTrainedTokenizerBase) -> bool:
     space-led pattern (`_SPACE_LED_PATTERNS`), at least one of which splits (ByteLevel with its regex, or the
     Split), and with no added token that holds whitespace or strips it. Other tokenizers (SentencePiece's
     normalizers, WordPiece's, unknown patterns, no splitting) get False."""
-    if tokenizer not in _CUTS_AT_SPACES:
-        backend = _backend(tokenizer)
-        safe = backend is not None and backend.normalizer is None and backend.pre_tokenizer is not None
-        if safe:
-            safe = all(_space_led(json.loads(backend.pre_tokenizer.__getstate__())))
-        if safe:
-            safe = all(not any(c.isspace() for c in t.content) and not t.lstrip and not t.rstrip
-                       for t in backend.get_added_tokens_decoder().values())
-        _CUTS_AT_SPACES[tokenizer] = safe
-    return _CUTS_AT_SPACES[tokenizer]
+    backend = _backend(tokenizer)
+    if backend is None or backend.normalizer is not None or backend.pre_tokenizer is None:
+        return False
+    if not all(_space_led(json.loads(backend.pre_tokenizer.__getstate__()))):
+        return False
+    return all(not any(c.isspace() for c in t.content) and not t.lstrip and not t.rstrip
+               for t in backend.get_added_tokens_decoder().values())
 
 
 def space_cut(tokenizer: PreTrainedTokenizerBase, text: str) -> int:
