@@ -1,20 +1,21 @@
-"""A decode step's forward for Llama-shaped models on the CPU, without transformers' per-module machinery.
+"""Decode steps and prefills of Llama-shaped models on the CPU, without transformers' per-module machinery.
 
 At the demo's size (a 128-wide, 4-layer model) a decode step's products take microseconds and most of the
 step is the framework around them: module calls and their hooks, output records, the mask and cache plumbing,
-three projections where one would do. `LeanDecoder` runs the same step as the model's own forward, with the
+three projections where one would do. `LeanDecoder` runs the same steps as the model's own forward, with the
 model's own weights and layers and the same operations in the same order: RMSNorm, the q/k/v projections,
-rotary embedding from the model's own rotary module (its scaling included), the slot cache, the
-decode-attention kernel (`decode_attention.py`), the output projection, the gated MLP, the final norm and the
-last position's logits. The linear layers run as `cpu_linear.pack_linears` made them, and a small model's q,
+rotary embedding from the model's own rotary module (its scaling included), the key/value cache, the
+attention (the decode-attention kernel, `decode_attention.py`, for a decode step; the model's own mask and
+attention function for a prefill), the output projection, the gated MLP, the final norm and the last
+position's logits. The linear layers run as `cpu_linear.pack_linears` made them, and a small model's q,
 k and v as one joined product (`cpu_linear.JoinedLinear`). The logits are the model's own forward's, bit for
 bit wherever the joined product takes the same kernel as the three layers one by one (packed or not, by
 `cpu_linear`'s rule), and up to rounding where it does not.
 
 `LeanDecoder.for_model(model)` returns one for a CPU model of a family whose decoder layer is exactly
 `h + attn(norm(h))`, `h + mlp(norm(h))` with rotate-half RoPE over the whole head (Llama, Mistral, Qwen2) and
-full attention on the decode kernel; None for anything else, which keeps the model's own forward. Prefills and
-scoring always use the model's own forward.
+full attention on the decode kernel; None for anything else, which keeps the model's own forward. Scoring and
+training always use the model's own forward.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ FAMILIES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 
 
 def _projections(layers: list[nn.Linear]) -> Callable[[torch.Tensor], tuple[torch.Tensor, ...]]:
-    """q, k and v of a small model as one product; a large model's (packed, each at least as large as the
-    joined weight of a small one) through their own forwards, with no second packed copy of them."""
+    """q, k and v as one joined product when all three are small; large ones (which pack_linears packs
+    anyway) through their own forwards, so that no second packed copy of them is made."""
     forwards = [layer.forward for layer in layers]  # pack_linears' where it gave them one
     if any(layer.weight.numel() >= MIN_PACKED_WEIGHT for layer in layers):
         return lambda x: tuple(forward(x) for forward in forwards)
@@ -73,9 +74,8 @@ class _Layer:
 
 
 class LeanDecoder:
-    """`decoder(ids, positions, owned, cache)` -> the next token's logits [rows, vocab] for one decode step:
-    `ids` [rows] the newest tokens, `positions` [rows, 1], `owned` [rows, window + 1] the cache columns each
-    row attends to (the step's own included), `cache` the engine's `SlotCache`."""
+    """`decode` (one step of every live row) and `prefill` (prompts into a fresh cache), each returning the
+    next token's logits per row, as the model's own forward computes them."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model, self.config = model, model.config
