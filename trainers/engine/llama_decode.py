@@ -5,8 +5,8 @@ step is the framework around them: module calls and their hooks, output records,
 three projections where one would do. `LeanDecoder` runs the same steps as the model's own forward, with the
 model's own weights and layers and the same operations in the same order: RMSNorm, the q/k/v projections,
 rotary embedding from the model's own rotary module (its scaling included), the key/value cache, the
-attention (the decode-attention kernel, `decode_attention.py`, for a decode step; the model's own mask and
-attention function for a prefill), the output projection, the gated MLP, the final norm and the last
+attention (the model's own attention function: the decode-attention kernel of `decode_attention.py` for a
+decode step, SDPA under the model's own mask for a prefill), the output projection, the gated MLP, the final norm and the last
 position's logits. The linear layers run as `cpu_linear.pack_linears` made them, and a small model's q,
 k and v as one joined product (`cpu_linear.JoinedLinear`). The logits are the model's own forward's, bit for
 bit wherever the joined product takes the same kernel as the three layers one by one (packed or not, by
@@ -31,7 +31,6 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from trainers.engine.cpu_linear import MIN_PACKED_WEIGHT, JoinedLinear
 from trainers.engine.decode_attention import NAME as DECODE_ATTENTION
-from trainers.engine.decode_attention import kernel
 
 FAMILIES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM")
 
@@ -43,12 +42,7 @@ def _projections(layers: list[nn.Linear]) -> Callable[[torch.Tensor], tuple[torc
     if any(layer.weight.numel() >= MIN_PACKED_WEIGHT for layer in layers):
         return lambda x: tuple(forward(x) for forward in forwards)
     joined, sizes = JoinedLinear(layers), [layer.out_features for layer in layers]
-
-    def project(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = joined(x)
-        return tuple(forward(x) for forward in forwards) if out is None else out.split(sizes, dim=-1)
-
-    return project
+    return lambda x: joined(x).split(sizes, dim=-1)  # never None here: CPU, the model's dtype, no gradients
 
 
 def _norm(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -85,7 +79,7 @@ class LeanDecoder:
         self.layers = [_Layer(layer) for layer in inner.layers]
         self.norm = _norm(inner.norm)
         self.lm_head = model.lm_head.forward
-        self.attention = kernel()
+        self.attention = ALL_ATTENTION_FUNCTIONS[model.config._attn_implementation]
 
     @classmethod
     def for_model(cls, model: nn.Module) -> "LeanDecoder | None":
@@ -93,7 +87,7 @@ class LeanDecoder:
         config = getattr(model, "config", None)
         if (type(model).__name__ not in FAMILIES or config is None or model.device.type != "cpu"
                 or model.dtype not in (torch.float32, torch.bfloat16)
-                or config._attn_implementation != DECODE_ATTENTION or kernel() is None):
+                or config._attn_implementation != DECODE_ATTENTION):
             return None
         inner = getattr(model, "model", None)
         layers = list(getattr(inner, "layers", []))
@@ -105,33 +99,22 @@ class LeanDecoder:
         """One decode step: `ids` [rows] the newest tokens, `positions` [rows, 1], `owned` [rows, window + 1]
         the cache columns each row attends to (the step's own included), `cache` the engine's `SlotCache`.
         Returns the next token's logits [rows, vocab]."""
-
-        def attend(layer: _Layer, index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            keys, values = cache.update(k, v, index)
-            out = self.attention.decode_attention(q[:, :, 0].contiguous(), keys, values, owned, layer.scaling)
-            return out[:, None]
-
-        return self._forward(self.embed.forward(ids[:, None]), positions, attend)
+        return self._forward(self.embed.forward(ids[:, None]), positions, owned[:, None, None, :], cache)
 
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
         """Left-padded prompts `ids` [rows, width] with their `mask` and `positions` into an empty
-        `DynamicCache`: attention through the model's own mask and attention function, as its forward does.
-        Returns each prompt's last position's logits [rows, vocab]."""
+        `DynamicCache`, masked as the model's own forward masks them. Returns each prompt's last position's
+        logits [rows, vocab]."""
         h = self.embed.forward(ids)
         causal = create_causal_mask(config=self.config, inputs_embeds=h, attention_mask=mask,
                                     past_key_values=cache, position_ids=positions)
-        attention = ALL_ATTENTION_FUNCTIONS[self.config._attn_implementation]
-
-        def attend(layer: _Layer, index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            keys, values = cache.update(k, v, index)
-            return attention(layer.module, q, keys, values, causal, dropout=0.0, scaling=layer.scaling)[0]
-
-        return self._forward(h, positions, attend)
+        return self._forward(h, positions, causal, cache)
 
     @torch.inference_mode()
-    def _forward(self, h: torch.Tensor, positions: torch.Tensor,
-                 attend: Callable[[_Layer, int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    def _forward(self, h: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None, cache: Any
                  ) -> torch.Tensor:
+        """The layers over embeddings `h` [rows, width, hidden]; attention through the model's own attention
+        function (the decode kernel for a one-query step with a boolean mask, SDPA otherwise)."""
         rows, width = h.shape[:2]
         cos, sin = self.rotary(h, positions)
         cos, sin = cos[:, None], sin[:, None]  # [rows, 1, width, head_dim]: the same for every head
@@ -140,7 +123,9 @@ class LeanDecoder:
             dim = layer.head_dim
             heads = q.shape[-1] // dim
             qk = _rotate(torch.cat((q, k), -1).view(rows, width, -1, dim).transpose(1, 2), cos, sin)  # both at once
-            out = attend(layer, index, qk[:, :heads], qk[:, heads:], v.view(rows, width, -1, dim).transpose(1, 2))
+            keys, values = cache.update(qk[:, heads:], v.view(rows, width, -1, dim).transpose(1, 2), index)
+            out = self.attention(layer.module, qk[:, :heads], keys, values, mask, dropout=0.0,
+                                 scaling=layer.scaling)[0]
             h = h + layer.o_proj(out.reshape(rows, width, -1))  # out: [rows, width, heads, head_dim]
             h = h + layer.mlp(layer.mlp_norm(h))
         return self.lm_head(self.norm(h)[:, -1:])[:, 0]  # as transformers slices: the same product
