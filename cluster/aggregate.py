@@ -244,9 +244,19 @@ def demo_summary(experiment: ExperimentConfig, cells: list[Cell]) -> dict[str, A
 
 
 def run_wall_seconds(run_dir: Path) -> float:
-    """A run's wall time, first start to finish (restarts included; 0 before it starts)."""
+    """A run's wall time while a coordinator ran it: from each (re)start of the coordinator to the last
+    moment that start recorded (a stage starting or finishing, the run finishing), summed. A run stopped
+    today and resumed tomorrow does not count the night, nor the part of a stage the stop cut short (the
+    stage runs again and its record is replaced). 0 before the run starts."""
     m = json.loads((Path(run_dir) / "manifest.json").read_text())
-    return m.get("finished", m.get("started", 0)) - m.get("started", 0)
+    if "started" not in m:
+        return 0.0
+    starts = m.get("coordinator_starts") or [m["started"]]
+    marks = [t for entry in m.get("stages", {}).values() for t in (entry.get("started"), entry.get("finished"))
+             if t is not None] + ([m["finished"]] if "finished" in m else [])
+    ends = starts[1:] + [float("inf")]
+    return sum(max([t for t in marks if start <= t < end], default=start) - start
+               for start, end in zip(starts, ends))
 
 
 def _wall_seconds(cells: list[Cell]) -> float:

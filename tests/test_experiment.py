@@ -310,3 +310,20 @@ def test_tiny_matrix_shares_each_seeds_warm_up_writes_results_and_resumes_as_a_n
     assert json.loads(results_path.read_text()) == doc
     assert main(["status", str(runs / "st-seed1")]) == 0
     assert "it1-pseudo-labels" in capsys.readouterr().out
+
+
+def test_a_runs_wall_time_leaves_out_the_time_no_coordinator_ran_it(tmp_path):
+    from cluster.aggregate import run_wall_seconds
+
+    def wall(**manifest):
+        (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+        return run_wall_seconds(tmp_path)
+
+    assert wall(stages={}) == 0
+    assert wall(started=100, finished=160, stages={}) == 60
+    # stopped in its second stage, resumed the next day: stage b starts again (its record replaced), the
+    # first day counts to a's end, the cut-short part of b is not counted
+    stages = {"a": {"started": 100, "finished": 130}, "b": {"started": 90_000, "finished": 90_040}}
+    assert wall(started=100, coordinator_starts=[100, 90_000], finished=90_050, stages=stages) == 30 + 50
+    # still running after a restart: counts up to the last mark so far
+    assert wall(started=100, coordinator_starts=[100, 90_000], stages=stages) == 30 + 40
