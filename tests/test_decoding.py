@@ -171,6 +171,22 @@ def test_token_sets_are_per_tokenizer_and_go_with_it():
     assert len(fast_tokenizer._PER_TOKENIZER) == before  # nothing kept for tokenizers that are gone
 
 
+def test_every_token_table_of_the_decode_loop_comes_from_one_pass_over_the_vocabulary():
+    from trainers.engine.decoding import angle_token_texts, hash_token_ids, space_token_ids
+
+    words = [f"w{i}" for i in range(200)] + ["<<", ">>", "x=", "#", "<s>"]
+    tokenizer = _word_tokenizer(words)
+    tokenizer.add_special_tokens({"eos_token": "</s>"})
+    decodes = []
+    decode = tokenizer.decode
+    tokenizer.decode = lambda ids, **kw: decodes.append(ids) or decode(ids, **kw)
+    assert angle_token_texts(tokenizer)[tokenizer.eos_token_id] == ""  # left out of a decoded row
+    assert angle_token_texts(tokenizer)[words.index("<s>") + 1] == "<s>"  # an ordinary word, written
+    assert len(equals_token_ids(tokenizer)) == len(hash_token_ids(tokenizer)) == 1
+    space_token_ids(tokenizer), fast_tokenizer.piece_texts(tokenizer)
+    assert len(decodes) <= len(tokenizer) + 2  # once per id, again only for the added and special ones
+
+
 def test_prefill_groups_prompts_by_length_so_padding_stays_small():
     lengths = [48, 12, 50, 13, 200, 49, 12, 51]
     groups = length_groups(lengths, padding=0.1)

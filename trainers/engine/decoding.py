@@ -31,7 +31,7 @@ from trainers.engine.calculator_forcing import plan_forcing
 from trainers.engine.cpu_linear import pack_linears
 from trainers.engine.decode_attention import NAME as DECODE_ATTENTION
 from trainers.engine.decode_attention import use_decode_attention
-from trainers.engine.fast_tokenizer import decode, per_tokenizer
+from trainers.engine.fast_tokenizer import decode, per_tokenizer, token_texts, visible_token_texts
 from trainers.engine.kv_slots import SlotCache
 from trainers.engine.llama_decode import LeanDecoder
 
@@ -67,7 +67,7 @@ TextCallback = Callable[[int, str, "dict[str, str] | None"], None]
 
 def token_ids_where(tokenizer: PreTrainedTokenizerBase, predicate: Callable[[str], bool]) -> frozenset[int]:
     """Ids of the tokens whose text satisfies `predicate`."""
-    return frozenset(i for i in tokenizer.get_vocab().values() if predicate(tokenizer.decode([i])))
+    return frozenset(i for i, text in token_texts(tokenizer).items() if predicate(text))
 
 
 @per_tokenizer
@@ -93,8 +93,7 @@ def space_token_ids(tokenizer: PreTrainedTokenizerBase) -> frozenset[int]:
 def angle_token_texts(tokenizer: PreTrainedTokenizerBase) -> dict[int, str]:
     """The text of every token that writes a '<' or '>', and '' for every token that writes nothing in a
     decoded row (special tokens): what a row's annotation state is tracked from."""
-    texts = ((i, tokenizer.decode([i], skip_special_tokens=True)) for i in tokenizer.get_vocab().values())
-    return {i: t for i, t in texts if not t or "<" in t or ">" in t}
+    return {i: t for i, t in visible_token_texts(tokenizer).items() if not t or "<" in t or ">" in t}
 
 
 class RowCalculator:

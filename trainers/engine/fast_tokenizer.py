@@ -66,6 +66,24 @@ def decode(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int], skip_special_
 
 
 @per_tokenizer
+def token_texts(tokenizer: PreTrainedTokenizerBase) -> dict[int, str]:
+    """`tokenizer.decode([id])` of every id in the vocabulary, added tokens included: the one pass over the
+    vocabulary that every per-token table of the decode loop is read from (a 150k vocabulary takes seconds)."""
+    return {i: tokenizer.decode([i]) for i in tokenizer.get_vocab().values()}
+
+
+@per_tokenizer
+def visible_token_texts(tokenizer: PreTrainedTokenizerBase) -> dict[int, str]:
+    """`tokenizer.decode([id], skip_special_tokens=True)` of every id: `token_texts` but '' for the tokens a
+    decoded row leaves out. Only added and special tokens can be left out, so only they are decoded again."""
+    texts = dict(token_texts(tokenizer))
+    for i in set(tokenizer.added_tokens_decoder) | set(tokenizer.all_special_ids):
+        if i in texts:
+            texts[i] = tokenizer.decode([i], skip_special_tokens=True)
+    return texts
+
+
+@per_tokenizer
 def piece_texts(tokenizer: PreTrainedTokenizerBase) -> dict[int, str] | None:
     """Each token's own text, for tokenizers whose `decode` is the UTF-8 of their tokens' bytes one after
     another (a byte-level decoder, no clean-up): the text of ids that are all keys here is their texts joined,
@@ -78,8 +96,8 @@ def piece_texts(tokenizer: PreTrainedTokenizerBase) -> dict[int, str] | None:
             or getattr(tokenizer, "clean_up_tokenization_spaces", True)):
         return None
     added = set(backend.get_added_tokens_decoder())
-    return {i: t for i in range(backend.get_vocab_size(with_added_tokens=False)) if i not in added
-            and "\ufffd" not in (t := backend.decode([i]))}
+    # without a clean-up the wrapper's decode is the backend's
+    return {i: t for i, t in token_texts(tokenizer).items() if i not in added and "\ufffd" not in t}
 
 
 def text_of(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> str:
