@@ -538,6 +538,7 @@ def vs_vllm_model(args: Any, name: str, checkpoint: Path, problems: Sequence[Any
     to back, and a row reports the median over rounds with the lowest and highest round."""
     from trainers.core.calculator import calculate
     from trainers.engine.decoding import DecodeRequest, decode_all
+    from trainers.engine.fast_tokenizer import forget_encodings
     from trainers.engine.rows import DecodeParams, make_requests
     from trainers.models.checkpoints import load_policy
 
@@ -569,6 +570,7 @@ def vs_vllm_model(args: Any, name: str, checkpoint: Path, problems: Sequence[Any
         """(tokens/s, tokens per CPU second, the calculator's own share of the cell's wall time in %)."""
         def one_pass() -> tuple[int, Any]:
             calculate.cache_clear()  # every pass decodes the same prompts: each pays for its expressions
+            forget_encodings(tokenizer)  # and for their encodings
             decoded = decode_all(model, tokenizer, requests[(batch, calc)], batch_size=batch)
             return sum(d.num_tokens for d in decoded), decoded
 

@@ -338,6 +338,29 @@ def _check_space_cut(tokenizer, text: str, more: str) -> None:
     cut = fast_tokenizer.space_cut(tokenizer, text)
     assert cut == 0 or (text[cut] == " " and not text[cut - 1].isspace())
     assert enc(text[:cut]) + enc(text[cut:] + more) == enc(text + more)
+    _check_row_cut(tokenizer, text, more)
+
+
+def _check_row_cut(tokenizer, text: str, more: str) -> None:
+    enc = lambda s: tokenizer.encode(s, add_special_tokens=False)  # noqa: E731
+    cut = fast_tokenizer.row_cut(tokenizer, text, more)
+    assert enc(text[:cut]) + enc(text[cut:] + more) == enc(text + more)
+    if more[:1] == "=" and text[-1:].isascii() and text[-1:].isdigit():
+        assert fast_tokenizer.cuts_at_equals(tokenizer) and cut == len(text)
+
+
+# a row's text up to an annotation's '=' after a digit, and what the calculator writes from that '='
+BEFORE_EQUALS = st.tuples(SPACED, st.sampled_from("0123456789")).map("".join)
+FROM_EQUALS = st.tuples(st.sampled_from(["=", "=-", "=$"]), SPACED).map("".join)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=BEFORE_EQUALS, more=FROM_EQUALS)
+def test_encoding_from_an_equals_sign_after_a_digit_gives_the_whole_texts_ids(tokenizers, kind, text, more):
+    """Where the calculator writes from an '=' that follows a digit (`48/2` + `=24>>`), a piece starts there for
+    every preset kind: the continuation's own ids are the tail of the whole text's, whatever came before."""
+    _check_row_cut(tokenizers[kind], text, more)
 
 
 @pytest.fixture(scope="module")
@@ -361,6 +384,59 @@ def qwen2_style(gsm8k_texts):
 @given(text=SPACED, more=SPACED)
 def test_encoding_from_the_space_cut_gives_the_whole_texts_ids_under_qwen2s_pattern(qwen2_style, text, more):
     _check_space_cut(qwen2_style, text, more)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=BEFORE_EQUALS, more=FROM_EQUALS)
+def test_encoding_from_an_equals_sign_after_a_digit_gives_the_whole_texts_ids_under_qwen2s_pattern(
+        qwen2_style, text, more):
+    _check_row_cut(qwen2_style, text, more)
+
+
+def test_tokenizers_that_may_not_start_a_piece_at_an_equals_sign_are_not_cut_there(tokenizers):
+    """A ByteLevel that puts a space in front of a text, an added token holding '=', a normalizer, a pattern
+    outside the known ones: no cut at the '=' (the space cut, where it applies, stays)."""
+    from tokenizers import AddedToken, Regex, Tokenizer, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    def variant(change) -> PreTrainedTokenizerFast:
+        backend = Tokenizer.from_str(tokenizers["gpt2"].backend_tokenizer.to_str())
+        change(backend)
+        return PreTrainedTokenizerFast(tokenizer_object=backend, clean_up_tokenization_spaces=False)
+
+    prefixed = variant(lambda b: setattr(b, "pre_tokenizer", pre_tokenizers.ByteLevel(add_prefix_space=True)))
+    added = variant(lambda b: b.add_tokens([AddedToken("2=2")]))
+    normalized = variant(lambda b: setattr(b, "normalizer", normalizers.NFKC()))
+    unknown = variant(lambda b: setattr(b, "pre_tokenizer", pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"\S+"), behavior="isolated"), pre_tokenizers.ByteLevel(use_regex=False)])))
+    text, more = "So 48/2", "=24>>"
+    for tokenizer in (prefixed, added, normalized, unknown):
+        assert not fast_tokenizer.cuts_at_equals(tokenizer)
+        assert fast_tokenizer.row_cut(tokenizer, text, more) == fast_tokenizer.space_cut(tokenizer, text) < len(text)
+    assert fast_tokenizer.cuts_at_equals(tokenizers["gpt2"])
+    # what the guard prevents: `=24>>` alone gets the prefix space, after `48/2` it does not
+    enc = lambda s: prefixed.encode(s, add_special_tokens=False)  # noqa: E731
+    assert enc(text) + enc(more) != enc(text + more)
+    enc = lambda s: added.encode(s, add_special_tokens=False)  # noqa: E731
+    assert enc("48/2") + enc("=24>>") != enc("48/2=24>>")
+
+
+def test_calculator_encodings_are_remembered_per_tokenizer_until_forgotten(tokenizers, monkeypatch):
+    gpt2, llama3 = tokenizers["gpt2"], tokenizers["llama3"]
+    real = fast_tokenizer.encode
+    calls = []
+    monkeypatch.setattr(fast_tokenizer, "encode", lambda tok, text: calls.append(text) or real(tok, text))
+    for tokenizer in (gpt2, llama3):
+        fast_tokenizer.forget_encodings(tokenizer)
+    first = encode_after(gpt2, "So 48/2", "=24>>")
+    first.append(0)  # a caller's list is its own
+    # the same result after another expression: encoded once, the continuation's own ids
+    assert encode_after(gpt2, "Then 96/4", "=24>>") == real(gpt2, "=24>>") and calls == ["=24>>"]
+    encode_after(llama3, "So 48/2", "=24>>")  # another tokenizer remembers its own
+    assert calls == ["=24>>"] * 2
+    fast_tokenizer.forget_encodings(gpt2)
+    encode_after(gpt2, "So 48/2", "=24>>")
+    assert calls == ["=24>>"] * 3
 
 
 def test_tokenizers_that_may_join_across_a_space_are_encoded_whole(tokenizers, wordpiece):

@@ -25,7 +25,7 @@ from typing import Iterator, Sequence
 from transformers import PreTrainedTokenizerBase
 
 from trainers.core.calculator import CalculatorError, calculate, pending_expression
-from trainers.engine.fast_tokenizer import decode, encode, piece_texts, space_cut, text_of
+from trainers.engine.fast_tokenizer import decode, encode_remembered, piece_texts, row_cut, text_of
 
 
 @dataclass(frozen=True)
@@ -68,14 +68,18 @@ def encode_after(tokenizer: PreTrainedTokenizerBase, before: str, continuation: 
     """Ids that write `continuation` after the text `before`: the tail of the tokenizer's encoding of
     `before + continuation` when that encoding has a token boundary where `before` ends, else
     `continuation` encoded on its own. Only `before`'s end is encoded where the tokenizer allows it
-    (`space_cut`): the ids are the same, and encoding the whole row was most of a forcing's cost."""
-    full = encode(tokenizer, before[space_cut(tokenizer, before):] + continuation)
+    (`row_cut`): the ids are the same, and encoding the whole row was most of a forcing's cost. Where a
+    piece starts at `before`'s end (`=24>>` after `48/2`), the tail is the continuation's own encoding."""
+    cut = row_cut(tokenizer, before, continuation)
+    full = encode_remembered(tokenizer, before[cut:] + continuation)
+    if cut == len(before):
+        return full
     for start, tail in _tails(tokenizer, full):
         if tail == continuation:
             return full[start:]
         if len(tail) > len(continuation):
             break
-    return encode(tokenizer, continuation)
+    return encode_remembered(tokenizer, continuation)
 
 
 def _tails(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> Iterator[tuple[int, str]]:

@@ -6,7 +6,7 @@ where they end. For short texts the Python wrapper's per-call work (argument han
 with `to_py_obj`, settings) costs more than the Rust call itself, so these call the backend directly unless the
 tokenizer holds a setting only the wrapper applies; then they call the wrapper. Inside the loop every call runs
 with cold caches, so the calculator also makes fewer and smaller ones where the tokenizer's kind allows it:
-`space_cut` (encode only the row's end) and `piece_texts` (join token texts instead of decoding).
+`row_cut` (encode only the row's end) and `piece_texts` (join token texts instead of decoding).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import json
 import weakref
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence, TypeVar
 
 from transformers import PreTrainedTokenizerBase
@@ -54,6 +55,32 @@ def encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
             and backend.encode_special_tokens == bool(getattr(tokenizer, "split_special_tokens", False))):
         return backend.encode(text, add_special_tokens=False).ids
     return tokenizer.encode(text, add_special_tokens=False)
+
+
+# The most texts `encode_remembered` keeps per tokenizer before it starts again.
+MAX_REMEMBERED = 65536
+
+
+@per_tokenizer
+def _remembered(tokenizer: PreTrainedTokenizerBase) -> dict[str, tuple[int, ...]]:
+    return {}
+
+
+def encode_remembered(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
+    """`encode`, remembered per tokenizer (`forget_encodings` forgets): what the calculator encodes repeats
+    (the samples of a question write the same annotations, and many questions the same `=24>>`), and inside
+    the decode loop each encode runs on cold caches."""
+    memo = _remembered(tokenizer)
+    ids = memo.get(text)
+    if ids is None:
+        if len(memo) >= MAX_REMEMBERED:
+            memo.clear()
+        ids = memo[text] = tuple(encode(tokenizer, text))
+    return list(ids)
+
+
+def forget_encodings(tokenizer: PreTrainedTokenizerBase) -> None:
+    _remembered(tokenizer).clear()
 
 
 def decode(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
@@ -119,22 +146,44 @@ def text_of(tokenizer: PreTrainedTokenizerBase, ids: Sequence[int]) -> str:
 QWEN2_PATTERN = LLAMA3_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}")
 _SPACE_LED_PATTERNS = frozenset({LLAMA3_PATTERN, QWEN2_PATTERN})
 
-def _space_led(pre_tokenizer: dict) -> tuple[bool, bool]:
-    """(whether the pre-tokenizer only splits pieces and maps their characters, whether it splits before every
-    space that follows a non-space character)."""
+@dataclass(frozen=True)
+class _Cuts:
+    """What a pre-tokenizer guarantees about where pieces start."""
+
+    only_splits: bool  # it only splits pieces and maps their characters (never joins, never reorders)
+    at_spaces: bool  # a piece starts at every space that follows a non-space character
+    at_equals: bool  # a piece starts at every '=' that follows an ASCII digit
+    # it may put a space in front of a piece that has none (ByteLevel's add_prefix_space): no harm to a cut at
+    # a space, but a piece cut at an '=' would get one that the whole text's does not
+    prepends: bool = False
+
+
+def _cuts(pre_tokenizer: dict) -> _Cuts:
     kind = pre_tokenizer.get("type")
     if kind == "Sequence":  # splitting an already split text further never joins pieces
-        parts = [_space_led(p) for p in pre_tokenizer["pretokenizers"]]
-        return all(only for only, _ in parts), any(splits for _, splits in parts)
-    if kind == "ByteLevel":  # its regex is GPT-2's; a prefix space is added only to pieces without one
-        return True, bool(pre_tokenizer.get("use_regex", True))
+        parts = [_cuts(p) for p in pre_tokenizer["pretokenizers"]]
+        return _Cuts(all(p.only_splits for p in parts), any(p.at_spaces for p in parts),
+                     any(p.at_equals for p in parts), any(p.prepends for p in parts))
+    if kind == "ByteLevel":  # its regex is GPT-2's: digit runs and punctuation runs are pieces of their own
+        regex = bool(pre_tokenizer.get("use_regex", True))
+        return _Cuts(True, regex, regex, bool(pre_tokenizer.get("add_prefix_space", False)))
     if kind == "Digits":  # digits from the rest, or each digit on its own
-        return True, False
-    if kind == "Split":
+        return _Cuts(True, False, True)
+    if kind == "Split":  # the known patterns: digits alone, punctuation runs never take a digit
         known = (pre_tokenizer.get("behavior") == "Isolated" and not pre_tokenizer.get("invert")
                  and pre_tokenizer.get("pattern", {}).get("Regex") in _SPACE_LED_PATTERNS)
-        return known, known
-    return False, False
+        return _Cuts(known, known, known)
+    return _Cuts(False, False, False)
+
+
+def _plain_cuts(tokenizer: PreTrainedTokenizerBase) -> _Cuts | None:
+    """The pre-tokenizer's cuts for a fast tokenizer without a normalizer (which could move characters across
+    them); None for any other."""
+    backend = _backend(tokenizer)
+    if backend is None or backend.normalizer is not None or backend.pre_tokenizer is None:
+        return None
+    cuts = _cuts(json.loads(backend.pre_tokenizer.__getstate__()))
+    return cuts if cuts.only_splits else None
 
 
 @per_tokenizer
@@ -145,13 +194,32 @@ def cuts_at_spaces(tokenizer: PreTrainedTokenizerBase) -> bool:
     space-led pattern (`_SPACE_LED_PATTERNS`), at least one of which splits (ByteLevel with its regex, or the
     Split), and with no added token that holds whitespace or strips it. Other tokenizers (SentencePiece's
     normalizers, WordPiece's, unknown patterns, no splitting) get False."""
-    backend = _backend(tokenizer)
-    if backend is None or backend.normalizer is not None or backend.pre_tokenizer is None:
-        return False
-    if not all(_space_led(json.loads(backend.pre_tokenizer.__getstate__()))):
+    cuts = _plain_cuts(tokenizer)
+    if cuts is None or not cuts.at_spaces:
         return False
     return all(not any(c.isspace() for c in t.content) and not t.lstrip and not t.rstrip
-               for t in backend.get_added_tokens_decoder().values())
+               for t in _backend(tokenizer).get_added_tokens_decoder().values())
+
+
+@per_tokenizer
+def cuts_at_equals(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the tokenizer's encoding of any text starts a new piece at every '=' that follows an ASCII digit
+    (`48/2` + `=24>>`), so that its ids from that '=' on are the ids of the text from there: the same known
+    pre-tokenizers as `cuts_at_spaces` (Digits also splits there), none that puts a space in front of a piece,
+    and no added token holding '=' (one could span the cut)."""
+    cuts = _plain_cuts(tokenizer)
+    if cuts is None or not cuts.at_equals or cuts.prepends:
+        return False
+    return all("=" not in t.content for t in _backend(tokenizer).get_added_tokens_decoder().values())
+
+
+def row_cut(tokenizer: PreTrainedTokenizerBase, text: str, more: str) -> int:
+    """A position p in `text` whose ids of `text[p:] + more` are the tail of the ids of `text + more`: the end
+    of `text` where `more` starts with an '=' after a digit (`cuts_at_equals`), else `space_cut`. Encoding from
+    there costs a few characters instead of the whole text."""
+    if more[:1] == "=" and "0" <= text[-1:] <= "9" and cuts_at_equals(tokenizer):
+        return len(text)
+    return space_cut(tokenizer, text)
 
 
 def space_cut(tokenizer: PreTrainedTokenizerBase, text: str) -> int:
