@@ -99,10 +99,10 @@ def token_texts(tokenizer: PreTrainedTokenizerBase) -> dict[int, str]:
     return {i: tokenizer.decode([i]) for i in tokenizer.get_vocab().values()}
 
 
-@per_tokenizer
 def visible_token_texts(tokenizer: PreTrainedTokenizerBase) -> dict[int, str]:
     """`tokenizer.decode([id], skip_special_tokens=True)` of every id: `token_texts` but '' for the tokens a
-    decoded row leaves out. Only added and special tokens can be left out, so only they are decoded again."""
+    decoded row leaves out. Only added and special tokens can be left out, so only they are decoded again.
+    Not kept: the tables read from it are."""
     texts = dict(token_texts(tokenizer))
     for i in set(tokenizer.added_tokens_decoder) | set(tokenizer.all_special_ids):
         if i in texts:
