@@ -32,6 +32,8 @@ from trainers.core.files import atomic_write_text
 from trainers.core.metrics import pass_at_k
 
 METHOD_NAMES = {"sft": "SFT", "st": "ST", "dpo-st": "DPO-ST", "rft": "RFT"}
+# one colour per method in every figure; Fig. 7 draws its no-calculator line dashed in the same colour
+METHOD_COLORS = {"sft": "C0", "st": "C1", "dpo-st": "C2", "rft": "C3"}
 
 
 # ------------------------------------------------------------------------------------------------ statistics
@@ -392,7 +394,8 @@ def _plot(doc: dict[str, Any], report: Path) -> dict[str, Path]:
                 xs = [r["iteration"] for r in rows]
                 ys = [r["mean"] for r in rows]
                 err = [[r["mean"] - r["ci_low"] for r in rows], [r["ci_high"] - r["mean"] for r in rows]]
-                ax.errorbar(xs, ys, yerr=err, fmt=style, capsize=3, label=METHOD_NAMES[method] + suffix)
+                ax.errorbar(xs, ys, yerr=err, fmt=style, color=METHOD_COLORS[method], capsize=3,
+                            label=METHOD_NAMES[method] + suffix)
         ax.set(xlabel="iteration (0 = warm-up SFT)", ylabel="test accuracy (%)", xticks=list(range(T + 1)),
                title=f"{'Accuracy per iteration' if key == 'fig5' else 'With and without the calculator'} "
                      f"({len(doc['seeds'])} seeds, 95% CI)")
