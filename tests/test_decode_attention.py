@@ -29,7 +29,7 @@ def _window(rows: int, heads: int, kv_heads: int, dim: int, width: int, dtype: t
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
-@pytest.mark.parametrize("heads,kv_heads,dim", [(4, 4, 32), (8, 2, 64), (6, 3, 16)])
+@pytest.mark.parametrize("heads,kv_heads,dim", [(4, 4, 32), (8, 2, 64), (2, 1, 128), (6, 3, 16)])
 def test_the_kernel_gives_sdpas_attention_over_any_mask(dtype, tol, heads, kv_heads, dim):
     rows, width = 5, 37
     q, k, v = _window(rows, heads, kv_heads, dim, width, dtype)
