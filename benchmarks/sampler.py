@@ -58,7 +58,9 @@ What is measured, and how to read it:
    `--min-cell-s`. The two sides take turns, cell by cell, in `--vs-rounds` rounds (dpost first in even
    rounds, vLLM first in odd ones; dpost's calculator-off and -on cells back to back, off first in even
    rounds): this machine's speed
-   drifts by 20% within minutes, so only cells timed next to each other compare. `ratio` = dpost / vLLM,
+   drifts by 20% within minutes, so only cells timed next to each other compare. Each side decodes one
+   untimed pass before each of its timed cells: the first pass after the other engine ran is a few percent
+   slower on either side (at 100M a 10-second cell is a single pass). `ratio` = dpost / vLLM,
    calculator off on both (vLLM has no calculator), per round, reported as the median over rounds with
    the lowest and highest round (`range`); tokens/s columns are medians too. `calc own work` = the time spent
    inside the rows' calculators (`RowCalculator.observe`, timed during the calculator-on cells) as a share of
@@ -553,7 +555,7 @@ def vs_vllm_model(args: Any, name: str, checkpoint: Path, problems: Sequence[Any
     spec = {"model": str(checkpoint), "prompt_token_ids": ids, "batches": list(args.vs_batches),
             "rows": [counts[b] for b in args.vs_batches], "max_new_tokens": args.max_new_tokens,
             "min_cell_s": args.min_cell_s, "threads": 1, "enforce_eager": not args.vllm_compile,
-            "dtype": _dtype_name(model)}
+            "dtype": _dtype_name(model), "warm_pass": True}
     try:
         peer: VllmPeer | None = VllmPeer(args.vs_vllm, spec, work / name)
         error = None
@@ -574,6 +576,7 @@ def vs_vllm_model(args: Any, name: str, checkpoint: Path, problems: Sequence[Any
             decoded = decode_all(model, tokenizer, requests[(batch, calc)], batch_size=batch)
             return sum(d.num_tokens for d in decoded), decoded
 
+        one_pass()  # untimed: the first pass after vLLM's cell runs cold (docstring)
         with CalculatorTimer() as calculator, Stopwatch() as sw:
             tps, cpu_tps, decoded = _timed_passes(one_pass, args.min_cell_s)
         own = 100.0 * calculator.seconds / sw.seconds

@@ -10,7 +10,8 @@ vLLM's `max_num_seqs`, the slot count dpost's engine gets), `max_new_tokens`, `m
 float32 when absent), `rows` (how many of the prompts each batch size decodes) and `prefix_caching` (false when
 absent: every pass and round decodes the same prompts again; vLLM's CPU build caches only full 128-token
 blocks, which word problems seldom fill, but longer prompts would skip their prefill on every pass after the
-first, which dpost's engine, keeping no cache across requests, does not). One engine serves every
+first, which dpost's engine, keeping no cache across requests, does not) and `warm_pass` (false when absent:
+one untimed pass before each timed cell, as the caller does before its own). One engine serves every
 batch size and every round, so start-up is paid once.
 
 It starts the engine, prints `READY {...}` (start-up seconds, versions), then decodes one timed cell per
@@ -38,6 +39,9 @@ def decode_cell(llm, inputs: list, params, batch: int, spec: dict, eos: int) -> 
     running); a smaller one submits `batch` prompts per call (batch 1: one sequence at a time)."""
     largest = batch >= max(spec["batches"])
     chunks = [inputs] if largest else [inputs[i:i + batch] for i in range(0, len(inputs), batch)]
+    if spec.get("warm_pass", False):
+        for chunk in chunks:
+            llm.generate(chunk, params, use_tqdm=False)
     tokens, passes, texts = 0, 0, None
     begin, cpu_begin = time.perf_counter(), time.process_time()
     while True:
