@@ -411,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exit-when-done", action="store_true", help="do not keep serving after the run")
 
     p = add("experiment", cmd_experiment, "run a matrix of methods x seeds (cluster/experiment.py), then write "
-                                          "the results with 95% intervals")
+                                          "the results with 95%% intervals")
     p.add_argument("file", help="experiment YAML")
     p.add_argument("--address", help="join this Ray cluster instead of starting a local one")
 

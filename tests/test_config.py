@@ -4,6 +4,7 @@ reach TRL's own configs unchanged. Pure: no Ray."""
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -171,3 +172,16 @@ def test_dpost_config_mistakes_exit_2_with_one_line(capsys, tmp_path):
     with pytest.raises(SystemExit) as info:
         main(["config"])
     assert info.value.code == 2
+
+
+def test_every_commands_help_prints(capsys):
+    """argparse formats help text with %: a bare '%' in any help string crashes `--help` with a stack trace."""
+    from cluster.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for argv in [["--help"], *[[name, "--help"] for name in commands]]:
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        assert info.value.code == 0, argv
+        assert "usage: dpost" in capsys.readouterr().out
