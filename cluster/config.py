@@ -381,6 +381,9 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None, check
                 ) -> RunConfig:
     raw = read_yaml_file(path) or {}
     if isinstance(raw, dict):
+        if "methods" in raw and "base" in raw:  # the schema's errors would not say what is wrong
+            raise ConfigError(f"{path} is an experiment file (methods x seeds), not a run config: "
+                              f"run it with `dpost experiment {path}`")
         raw.update(overrides or {})
     return parse_config(raw, where=str(path), check_files=check_files)
 

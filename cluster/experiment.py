@@ -100,6 +100,9 @@ def load_experiment(path: str | Path) -> tuple[ExperimentConfig, dict[str, Any]]
     """The experiment and its base run config (a raw mapping, validated per cell). ConfigError on mistakes."""
     path = Path(path)
     raw = _read_yaml(path)
+    if "base" not in raw and ("data" in raw or "mode" in raw):  # the schema's errors would not say what is wrong
+        raise ConfigError(f"{path} is a run config, not an experiment file: run it with `dpost run {path}`, "
+                          f"or name it as the `base:` of an experiment file")
     try:
         experiment = ExperimentConfig.model_validate(raw)
     except ValidationError as exc:

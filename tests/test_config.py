@@ -172,6 +172,11 @@ def test_dpost_config_mistakes_exit_2_with_one_line(capsys, tmp_path):
     with pytest.raises(SystemExit) as info:
         main(["config"])
     assert info.value.code == 2
+    capsys.readouterr()
+    matrix = ROOT / "configs" / "matrix" / "paper.yaml"
+    assert main(["config", "--show", str(matrix)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"run it with `dpost experiment {matrix}`" in err
 
 
 def test_every_commands_help_prints(capsys):

@@ -219,6 +219,8 @@ def test_a_cell_run_before_a_setting_existed_still_resumes(tmp_path):
     ({"name": "x", "base": "../configs/tiny.yaml", "demo": True, "methods": ["sft", "st", "dpo-st"]},
      "demo: needs iterations 1 and exactly one method besides sft"),
     ({"name": "x", "base": "missing.yaml"}, "config file not found"),
+    ({"name": "x", "mode": "st", "data": {"synthetic": {}}},
+     "is a run config, not an experiment file: run it with `dpost run"),
 ])
 def test_experiment_config_mistake_is_one_line_and_exit_code_2(tmp_path, capsys, raw, message):
     folder = tmp_path / "matrix"
