@@ -396,6 +396,17 @@ def cmd_build_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """An argument checked before anything connects to a cluster."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dpost", description="DPO-augmented self-training for math reasoning, on Ray")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -427,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("scale", cmd_scale, "set a pool's replica count")
     p.add_argument("pool", choices=["rollout", "solver", "verifier"])
-    p.add_argument("replicas", type=int)
+    p.add_argument("replicas", type=_positive_int)
     p.add_argument("--address")
 
     p = add("solve", cmd_solve, "ask the live solver a question over HTTP")

@@ -190,3 +190,13 @@ def test_every_commands_help_prints(capsys):
             main(argv)
         assert info.value.code == 0, argv
         assert "usage: dpost" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("replicas", ["0", "-1", "two"])
+def test_scale_refuses_a_bad_replica_count_before_connecting_to_a_cluster(capsys, replicas):
+    import ray
+
+    with pytest.raises(SystemExit) as info:
+        main(["scale", "rollout", replicas])
+    assert info.value.code == 2 and not ray.is_initialized()
+    assert f"must be a positive integer, got '{replicas}'" in capsys.readouterr().err
