@@ -10,8 +10,7 @@ difference is paired per dev question (95% bootstrap over questions, `cluster.ag
 
     .venv/bin/python benchmarks/sft_budget.py --runs runs/paper/st-seed0 runs/paper/st-seed1 --iterations 1 3 \
         --budgets 12 12@0.004
-    .venv/bin/python benchmarks/sft_budget.py --runs RUN --iterations 1 --budgets 1 --dev-questions 20 \
-        --out /tmp/x.json   # a smoke run
+    .venv/bin/python benchmarks/sft_budget.py --runs RUN --quick   # a smoke run: 1 epoch, 20 dev questions
 
 A budget is `EPOCHS` or `EPOCHS@LEARNING_RATE` (the run's own learning rate when left out). Each model and its
 evaluation go to `<root>/<run>/sft-<t>-<budget>/`; a finished one is read back, so an interrupted run resumes.
@@ -42,10 +41,14 @@ def parse_args(argv: list[str] | None = None) -> Any:
     parser.add_argument("--runs", nargs="+", required=True, help="finished runs with SFT steps (st or dpo-st)")
     parser.add_argument("--iterations", nargs="+", type=int, default=[1],
                         help="whose SFT steps: sft-<t> (0: the warm-up)")
-    parser.add_argument("--budgets", nargs="+", required=True, help="EPOCHS or EPOCHS@LEARNING_RATE")
+    parser.add_argument("--budgets", nargs="+", default=["16", "12"], help="EPOCHS or EPOCHS@LEARNING_RATE")
     parser.add_argument("--dev-questions", type=int, default=0, help="only the first N dev questions (0: all)")
     parser.add_argument("--root", default="runs/sft-budget", help="models and evaluations (kept: resumable)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.iterations, args.budgets, args.dev_questions = args.iterations[:1], ["1"], 20
+        args.root = str(Path(args.root).with_name(Path(args.root).name + "-quick"))
+    return args
 
 
 def parse_budget(text: str) -> tuple[float, float | None]:
