@@ -2,11 +2,11 @@
 
 For each finished run (a matrix cell), each iteration t and each budget, train the SFT step again from the
 run's base model on the run's own L + S file for that iteration (`data/sft-<t>-train.jsonl`; t = 0 is the
-warm-up on the labeled file L), under Ray Train
-with the run's own training config (`RunConfig.stage_config`, from its manifest) but the budget's epochs and
-learning rate, and evaluate it greedy on the run's dev file through the one evaluation path
-(`trainers.evaluation.evaluate_files`, calculator on). The run's own `sft-<t>` is the reference: the
-difference is paired per dev question (95% bootstrap over questions, `cluster.aggregate.interval`).
+warm-up on the labeled file L), under Ray Train with the run's own training config (`RunConfig.stage_config`,
+from its manifest) but the budget's epochs and learning rate, and evaluate it greedy on the run's dev file
+through the one evaluation path (`trainers.evaluation.evaluate_files`, calculator on). The run's own `sft-<t>`
+is the reference: the difference is paired per dev question (95% bootstrap over questions,
+`cluster.aggregate.interval`).
 
     .venv/bin/python benchmarks/sft_budget.py --runs runs/paper/st-seed0 runs/paper/st-seed1 --iterations 1 3 \
         --budgets 12 12@0.004
@@ -64,13 +64,13 @@ def retrain(run_dir: Path, t: int, budget: str, root: Path, dev_questions: int) 
     from trainers.evaluation import EvalConfig, evaluate_files, local_decoder
     from trainers.training.ray_train import train_sft
 
-    manifest = RunDir(run_dir).manifest
-    config = parse_config(manifest["config"], check_files=False)
-    stages = manifest["stages"]
     folder = root / run_dir.name / f"sft-{t}-{budget}"
     record = folder / "result.json"
     if record.exists():
         return json.loads(record.read_text())
+    manifest = RunDir(run_dir).manifest
+    config = parse_config(manifest["config"], check_files=False)
+    stages = manifest["stages"]
     epochs, lr = parse_budget(budget)
     overrides: dict[str, Any] = {"num_train_epochs": epochs, **({"learning_rate": lr} if lr else {})}
     data = stages["data"]["outputs"]["labeled_path"] if t == 0 else str(run_dir / f"data/sft-{t}-train.jsonl")
@@ -87,7 +87,7 @@ def retrain(run_dir: Path, t: int, budget: str, root: Path, dev_questions: int) 
     [result] = evaluate_files(eval_config, local_decoder(trained.checkpoint), folder / "eval", f"sft-{t}-{budget}")
     items = json.loads((folder / "eval" / "eval.json").read_text())["runs"][result["name"]]["items"]
     row = {"run": str(run_dir), "iteration": t, "budget": budget, "epochs": epochs,
-           "learning_rate": lr or stage_config.learning_rate, "examples": sum(1 for _ in open(stage_config.data_path)),
+           "learning_rate": lr or stage_config.learning_rate, "examples": len(Path(data).read_text().splitlines()),
            "steps": trained.metrics["global_step"], "train_seconds": round(seconds, 1),
            "correct": {it["question_id"]: bool(it["correct"]) for it in items}}
     folder.mkdir(parents=True, exist_ok=True)
